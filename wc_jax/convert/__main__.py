@@ -1,0 +1,56 @@
+"""Checkpoint conversion between the PyTorch reference layout and wc_jax (Orbax).
+
+    python -m wc_jax.convert --torch SRC --out DST [--dtype bfloat16] [--mesh fsdp=8]
+    python -m wc_jax.convert --orbax SRC --to-torch DST [--shard-gb 5]
+
+SRC (torch) is a reference folder: config.json + *.safetensors (sharded index
+supported). The model kind (DiT, VAE, DA3) is recognised from config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from wc_jax.convert import registry
+from wc_jax.convert.common import ConversionError
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m wc_jax.convert", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--torch", help="reference checkpoint folder (config.json + *.safetensors)")
+  src.add_argument("--orbax", help="wc_jax Orbax checkpoint folder written by --torch ... --out")
+  p.add_argument("--out", help="output Orbax folder (with --torch)")
+  p.add_argument("--to-torch", dest="to_torch", help="output reference-layout folder (with --orbax)")
+  p.add_argument("--dtype", default=None, help="cast floating tensors (float32, bfloat16); default keeps them")
+  p.add_argument("--mesh", default=None,
+                 help="place tensors on a mesh while converting, e.g. 'fsdp=8' or 'fsdp=4,tensor=2'")
+  p.add_argument("--shard-gb", type=float, default=0.0, help="with --to-torch: max GB per safetensors shard")
+  p.add_argument("--kind", default=None, help="force the model kind (dit, vae, da3) instead of detecting it")
+  args = p.parse_args(argv)
+  try:
+    if args.torch:
+      if not args.out:
+        p.error("--torch needs --out")
+      mesh = None
+      if args.mesh:
+        from wc_jax.sharding import make_mesh
+        shape = {k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))}
+        mesh = make_mesh(shape)
+      kind = registry.torch_to_orbax(args.torch, args.out, dtype=args.dtype, mesh=mesh, kind=args.kind)
+      print(f"converted {kind} checkpoint {args.torch} -> {args.out}")
+    else:
+      if not args.to_torch:
+        p.error("--orbax needs --to-torch")
+      kind = registry.orbax_to_torch(args.orbax, args.to_torch, dtype=args.dtype,
+                                     max_shard_bytes=int(args.shard_gb * 2**30) or None)
+      print(f"exported {kind} checkpoint {args.orbax} -> {args.to_torch}")
+  except (ConversionError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

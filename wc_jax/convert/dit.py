@@ -1,0 +1,225 @@
+"""WorldPlay DiT: reference state dict <-> wc_jax parameters.
+
+Linear weights [out, in] become kernels [in, out]; img_in's Conv3d [C, Cin, pt, ph, pw]
+becomes a patch kernel [(Cin pt ph pw), C]; per-layer tensors of `double_blocks.{i}`
+are stacked on a leading layer axis (the nnx.scan layout).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wc_jax.convert.common import ConversionError, TensorSource, check_keys
+from wc_jax.models.worldplay import config as dit_config
+
+KIND = "dit"
+TORCH_FILENAME = "diffusion_pytorch_model.safetensors"
+STRIP_PREFIX = None
+
+# (torch prefix, wc_jax path, kind): kind "linear" -> .weight/.bias, "norm" -> .weight(/.bias),
+# "rms" -> .weight only, "embed" -> a bare .weight table, "patch" -> conv3d patch embed.
+_TOP = [
+    ("img_in.proj", "img_in", "patch"),
+    ("time_in.mlp.0", "time_in/fc1", "linear"),
+    ("time_in.mlp.2", "time_in/fc2", "linear"),
+    ("action_in.mlp.0", "action_in/fc1", "linear"),
+    ("action_in.mlp.2", "action_in/fc2", "linear"),
+    ("txt_in.input_embedder", "txt_in/input_embedder", "linear"),
+    ("txt_in.t_embedder.mlp.0", "txt_in/t_embedder/fc1", "linear"),
+    ("txt_in.t_embedder.mlp.2", "txt_in/t_embedder/fc2", "linear"),
+    ("txt_in.c_embedder.linear_1", "txt_in/c_embedder/fc1", "linear"),
+    ("txt_in.c_embedder.linear_2", "txt_in/c_embedder/fc2", "linear"),
+    ("byt5_in.layernorm", "byt5_in/layernorm", "norm"),
+    ("byt5_in.fc1", "byt5_in/fc1", "linear"),
+    ("byt5_in.fc2", "byt5_in/fc2", "linear"),
+    ("byt5_in.fc3", "byt5_in/fc3", "linear"),
+    ("vision_in.proj.0", "vision_in/norm_in", "norm"),
+    ("vision_in.proj.1", "vision_in/fc1", "linear"),
+    ("vision_in.proj.3", "vision_in/fc2", "linear"),
+    ("vision_in.proj.4", "vision_in/norm_out", "norm"),
+    ("cond_type_embedding", "cond_type_embedding", "embed"),
+    ("final_layer.linear", "final_linear", "linear"),
+    ("final_layer.adaLN_modulation.1", "final_adaLN", "linear"),
+]
+_REFINER = [
+    ("norm1", "norm1", "norm"), ("norm2", "norm2", "norm"), ("self_attn_qkv", "self_attn_qkv", "linear"),
+    ("self_attn_proj", "self_attn_proj", "linear"), ("mlp.fc1", "mlp/fc1", "linear"),
+    ("mlp.fc2", "mlp/fc2", "linear"), ("adaLN_modulation.1", "adaLN_modulation", "linear"),
+]
+_BLOCK = [("img_attn_prope_proj", "img_attn_prope_proj", "linear")]
+for _s in ("img", "txt"):
+  _BLOCK += [(f"{_s}_mod.linear", f"{_s}_mod", "linear")]
+  _BLOCK += [(f"{_s}_attn_{n}", f"{_s}_attn_{n}", "linear") for n in ("q", "k", "v", "proj")]
+  _BLOCK += [(f"{_s}_attn_{n}_norm", f"{_s}_attn_{n}_norm", "rms") for n in ("q", "k")]
+  _BLOCK += [(f"{_s}_mlp.fc1", f"{_s}_mlp/fc1", "linear"), (f"{_s}_mlp.fc2", f"{_s}_mlp/fc2", "linear")]
+
+_SUFFIX = {  # kind -> [(torch suffix, our leaf, layout)]
+    "linear": [("weight", "kernel", "t"), ("bias", "bias", "id")],
+    "norm": [("weight", "weight", "id"), ("bias", "bias", "id")],
+    "rms": [("weight", "weight", "id")],
+    "embed": [("weight", None, "id")],
+    "patch": [("weight", "kernel", "patch"), ("bias", "bias", "id")],
+}
+
+
+def matches(config: dict) -> bool:
+  return "mm_double_blocks_depth" in config and "heads_num" in config
+
+
+def _entries(cfg: dit_config.DiTConfig) -> Iterator[tuple[str, str, str, int | None]]:
+  """(torch key, our path, layout, layer index or None) for every tensor."""
+  def leaves(tprefix, ppath, kind, layer=None):
+    for tsuf, leaf, layout in _SUFFIX[kind]:
+      if tsuf == "bias" and kind == "linear" and not _has_bias(tprefix, cfg):
+        continue
+      yield f"{tprefix}.{tsuf}", ppath if leaf is None else f"{ppath}/{leaf}", layout, layer
+  for tp, pp, kind in _TOP:
+    yield from leaves(tp, pp, kind)
+  for j in range(cfg.refiner_depth):
+    for tp, pp, kind in _REFINER:
+      yield from leaves(f"txt_in.individual_token_refiner.blocks.{j}.{tp}", f"txt_in/blocks/{j}/{pp}", kind)
+  for i in range(cfg.depth):
+    for tp, pp, kind in _BLOCK:
+      yield from leaves(f"double_blocks.{i}.{tp}", f"double_blocks/{pp}", kind, i)
+
+
+def _has_bias(tprefix: str, cfg) -> bool:
+  if re.search(r"_attn_(q|k|v|proj|prope_proj)$", tprefix) and "double_blocks" in tprefix:
+    return cfg.qkv_bias
+  return True
+
+
+def _to_ours(x: np.ndarray, layout: str) -> np.ndarray:
+  if layout == "t":
+    return np.ascontiguousarray(x.T)
+  if layout == "patch":
+    return np.ascontiguousarray(x.reshape(x.shape[0], -1).T)
+  return x
+
+
+def _to_torch(x: np.ndarray, layout: str, torch_shape) -> np.ndarray:
+  if layout == "t":
+    return np.ascontiguousarray(x.T)
+  if layout == "patch":
+    return np.ascontiguousarray(x.T).reshape(torch_shape)
+  return np.ascontiguousarray(x)
+
+
+def _torch_shape(our_shape, layout, cfg):
+  if layout == "t":
+    return tuple(reversed(our_shape))
+  if layout == "patch":
+    return (our_shape[1], cfg.in_channels) + tuple(cfg.patch_size)
+  return tuple(our_shape)
+
+
+def _our_shapes(cfg) -> dict[str, tuple[int, ...]]:
+  from flax import nnx
+  from wc_jax.models.worldplay.model import abstract_model
+  state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+  out = {}
+  def rec(prefix, node):
+    for k, v in node.items():
+      path = f"{prefix}/{k}" if prefix else str(k)
+      if isinstance(v, dict):
+        rec(path, v)
+      else:
+        out[path] = tuple(v.shape)
+  rec("", state)
+  return out
+
+
+def expected_torch_shapes(cfg) -> dict[str, tuple[int, ...]]:
+  ours = _our_shapes(cfg)
+  shapes = {}
+  for tkey, path, layout, layer in _entries(cfg):
+    if path not in ours:
+      raise AssertionError(f"converter table names {path}, which the model does not have")
+    shape = ours[path][1:] if layer is not None else ours[path]
+    shapes[tkey] = _torch_shape(shape, layout, cfg)
+  return shapes
+
+
+def config_from_reference(config: dict, **overrides) -> dit_config.DiTConfig:
+  ctor = config.get("constructor_kwargs", config)
+  byt5 = config.get("wc_jax_byt5_mapper") or (config.get("scratch_overrides", {}) or {}).get("ByT5Mapper")
+  byt5 = {k: v for k, v in (byt5 or {}).items() if k in ("in_dim", "hidden_dim", "out_dim")}
+  ctor = {k: v for k, v in ctor.items() if not k.startswith("_") and k != "wc_jax_byt5_mapper"}
+  return dit_config.from_reference(ctor, byt5, **overrides)
+
+
+def _place(x: np.ndarray, path: str, mesh, abstract):
+  if mesh is None:
+    return x
+  from wc_jax.sharding import named_sharding
+  return jax.device_put(x, named_sharding(mesh, abstract.get(path)))
+
+
+def _logical_axes(cfg) -> dict[str, tuple]:
+  from flax import nnx
+  from wc_jax.models.worldplay.model import abstract_model
+  from wc_jax.sharding import logical_axes_of
+  state = nnx.state(abstract_model(cfg), nnx.Param)
+  out = {}
+  for path, var in jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]:
+    key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    out[key] = logical_axes_of(var)
+  return out
+
+
+def torch_to_params(source: TensorSource, config: dict, dtype=None, mesh=None):
+  """Streams tensors one by one (one stacked layer parameter at most in RAM)."""
+  cfg = config_from_reference(config)
+  check_keys(expected_torch_shapes(cfg), source, "WorldPlay DiT")
+  entries = list(_entries(cfg))
+  axes = _logical_axes(cfg) if mesh is not None else {}
+  cast = (lambda x: x.astype(jnp.dtype(dtype))) if dtype else (lambda x: x)
+  flat: dict[str, object] = {}
+  stacked: dict[str, list] = {}
+  for tkey, path, layout, layer in entries:
+    x = cast(_to_ours(source.get(tkey), layout))
+    if layer is None:
+      flat[path] = _place(x, path, mesh, axes)
+    else:
+      stacked.setdefault(path, [None] * cfg.depth)[layer] = x
+      if all(v is not None for v in stacked[path]):
+        flat[path] = _place(np.stack(stacked.pop(path)), path, mesh, axes)
+  from wc_jax.convert.common import unflatten
+  model_config = cfg.to_dict()
+  if dtype:
+    model_config["param_dtype"] = str(jnp.dtype(dtype))
+  return model_config, unflatten(flat)
+
+
+def params_to_torch(params, model_config: dict, dtype=None, reference_config=None):
+  from wc_jax.convert.common import flatten
+  cfg = dit_config.DiTConfig.from_dict(model_config)
+  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  shapes = expected_torch_shapes(cfg)
+  tensors = {}
+  for tkey, path, layout, layer in _entries(cfg):
+    if path not in flat:
+      raise ConversionError(f"parameter {path} missing from the wc_jax checkpoint")
+    x = flat[path] if layer is None else flat[path][layer]
+    x = _to_torch(x, layout, shapes[tkey])
+    if dtype:
+      x = x.astype(jnp.dtype(dtype))
+    tensors[tkey] = x
+  ref = dict(reference_config or {})
+  ref_cfg = dit_config.to_reference(cfg)
+  if "constructor_kwargs" in ref:  # a fixture-style config: keep its layout
+    ref["constructor_kwargs"] = {k: v for k, v in ref_cfg.items() if not k.startswith("_") and k != "wc_jax_byt5_mapper"}
+    return ref, tensors
+  return ref_cfg, tensors
+
+
+def load_params(path: str, dtype=None) -> tuple[dit_config.DiTConfig, dict]:
+  """Reads a reference folder (config.json + safetensors) straight into (cfg, params)."""
+  from wc_jax.convert.common import read_config
+  config = read_config(path)
+  _, params = torch_to_params(TensorSource(path), config, dtype=dtype)
+  return config_from_reference(config), params
