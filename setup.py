@@ -21,6 +21,7 @@ setup(
         "safetensors>=0.5,<1",
         "numpy>=1.26,<3",
         "absl-py>=2.0",
+        "pillow>=10",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3"],

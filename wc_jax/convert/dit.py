@@ -67,6 +67,8 @@ _SUFFIX = {  # kind -> [(torch suffix, our leaf, layout)]
 
 
 def matches(config: dict) -> bool:
+  """A HunyuanVideo-1.5 transformer config.json (or a fixture config with constructor_kwargs)."""
+  config = config.get("constructor_kwargs", config)
   return "mm_double_blocks_depth" in config and "heads_num" in config
 
 

@@ -268,7 +268,7 @@ class DoubleStreamBlock(nnx.Module):
     txt = self._mlp_out("txt", txt, tm[3], tm[4], tm[5], 1)
     return txt, (tk, tv)
 
-  def vision(self, img, vec_img, rope, prope, txt_k, txt_v, txt_mask, ctx_k, ctx_v, ctx_valid):
+  def vision(self, img, vec_img, rope, prope, txt_k, txt_v, txt_mask, ctx_k, ctx_v, ctx_valid, self_valid=None):
     """AR vision pass. Queries of both branches attend to [text; context; self].
 
     ctx_k/ctx_v: [2, B, N, H, D] or None. Returns new img and this call's (K, V) [2,B,S,H,D].
@@ -292,7 +292,7 @@ class DoubleStreamBlock(nnx.Module):
       valid.append(ctx_valid)
     keys.append(self_k)
     vals.append(self_v)
-    valid.append(jnp.ones((b, s), bool))
+    valid.append(jnp.ones((b, s), bool) if self_valid is None else self_valid)
     k_all = jnp.concatenate(keys, axis=2).reshape((2 * b,) + (-1,) + ik.shape[2:])
     v_all = jnp.concatenate(vals, axis=2).reshape((2 * b,) + (-1,) + iv.shape[2:])
     kv_valid = jnp.tile(jnp.concatenate(valid, axis=1), (2, 1))
@@ -466,7 +466,7 @@ class WorldPlayDiT(nnx.Module):
     return TextCache(k, v, text.mask)
 
   def _vision_pass(self, hidden_states, timestep, action, viewmats, Ks, cache: TextCache, ctx: VisionCache | None,
-                   t_start):
+                   t_start, self_valid=None):
     cfg = self.cfg
     b = hidden_states.shape[0]
     t, h, w = self._check_video(hidden_states)
@@ -486,7 +486,7 @@ class WorldPlayDiT(nnx.Module):
 
     def fn(block, img, x):
       tk, tv, ck, cv = x
-      return block.vision(img, vec, rope, prope, tk, tv, cache.mask, ck, cv, ctx_valid)
+      return block.vision(img, vec, rope, prope, tk, tv, cache.mask, ck, cv, ctx_valid, self_valid)
 
     img, kv = self._scan(fn, img, xs)
     return img, kv, vec, (t, h, w)
@@ -498,11 +498,13 @@ class WorldPlayDiT(nnx.Module):
     b, _, n = hidden_states.shape[:3]
     if timestep is None:
       timestep = jnp.full((b, n), self.cfg.context_timestep, jnp.float32)
-    _, (k, v), _, (t, h, w) = self._vision_pass(hidden_states, timestep, action, viewmats, Ks, cache, None, 0)
-    frame_valid = jnp.ones((b, n), bool) if valid is None else valid.astype(bool)
     if valid is not None and valid.shape != (b, n):
       raise ValueError(f"valid must be [B, N]=({b},{n}), got {tuple(valid.shape)}")
+    frame_valid = jnp.ones((b, n), bool) if valid is None else valid.astype(bool)
+    h, w = hidden_states.shape[3] // self.cfg.patch_size[1], hidden_states.shape[4] // self.cfg.patch_size[2]
     token_valid = jnp.repeat(frame_valid, h * w, axis=1)
+    _, (k, v), _, _ = self._vision_pass(hidden_states, timestep, action, viewmats, Ks, cache, None, 0,
+                                        self_valid=None if valid is None else token_valid)
     return VisionCache(k, v, token_valid, jnp.sum(frame_valid, axis=1).astype(jnp.int32))
 
   def denoise_chunk(self, hidden_states, timestep, action, viewmats, Ks, cache: TextCache,
