@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
       chunk_latents=4, context_timestep=14.0, dtype="bfloat16", param_dtype="float32",
       attention_impl="splash", attention_block_kv=1024, remat_policy="full"))
   c.model.checkpoint = ""            # wc_jax Orbax checkpoint converted from ar_model/diffusion_pytorch_model
+  c.model.init = "reference"
 
   c.sampling = ml_collections.ConfigDict(dict(
       steps=40, shift=5.0, max_context_frames=20, recent_context_frames=12, context_policy="fov",

@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
       chunk_latents=4, context_timestep=14.0, dtype="float32", param_dtype="float32",
       attention_impl="xla", attention_block_kv=1024, remat_policy="full"))
   c.model.checkpoint = ""            # optional: wc_jax Orbax checkpoint folder (python -m wc_jax.convert)
+  c.model.init = "random"            # "reference" zero-inits output layers (a fresh model predicts v = 0)
 
   c.sampling = ml_collections.ConfigDict(dict(
       steps=4, shift=5.0, max_context_frames=20, recent_context_frames=12, context_policy="fov",

@@ -28,3 +28,12 @@ def fixtures_dir() -> pathlib.Path:
   if not d.is_dir():
     pytest.fail(f"reference fixtures not found (looked for {d}); set WC_JAX_SHARED")
   return d
+
+
+def load_config(name: str):
+  """configs/<name>.py's get_config(), loaded by path like config_flags does."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"wc_jax_config_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

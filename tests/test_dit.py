@@ -250,3 +250,26 @@ def test_padding_tokens_do_not_change_the_output(model, dit_dir):
   d2["encoder_attention_mask"] = np.concatenate([d["encoder_attention_mask"], np.zeros((1, 5), np.int64)], 1)
   out = apply(state, "forward", d["hidden_states"], d["timestep"], dit_fixture._text_inputs(model, d2), **kw)
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+def test_analytic_flops_match_xla_count_for_one_layer():
+  """XLA counts a one-layer model exactly (scan body once = the whole model); the analytic
+  count (matmuls + attention) must be within the elementwise overhead of it."""
+  from wc_jax.models.worldplay import flops
+  cfg = DiTConfig(latent_channels=4, out_channels=4, hidden_size=64, heads=2, depth=1, rope_dims=(8, 12, 12),
+                  text_dim=32, byt5_in_dim=8, byt5_hidden_dim=8, byt5_out_dim=8, vision_dim=8, remat_policy="none")
+  m = build(cfg)
+  apply, state = functional(m)
+  b, h, w, ctx, lt = 1, 4, 6, 8, 10
+  L, H, D = 1, 2, 32
+  from wc_jax.models.worldplay.model import TextCache
+  tc = TextCache(jnp.zeros((L, b, lt, H, D)), jnp.zeros((L, b, lt, H, D)), jnp.ones((b, lt), bool))
+  vc = VisionCache(jnp.zeros((L, 2, b, ctx * h * w, H, D)), jnp.zeros((L, 2, b, ctx * h * w, H, D)),
+                   jnp.ones((b, ctx * h * w), bool), jnp.array([ctx], jnp.int32))
+  fn = jax.jit(lambda st, x: apply(st, "denoise_chunk", x, jnp.zeros(4), jnp.zeros(4),
+                                   jnp.broadcast_to(jnp.eye(4), (1, 4, 4, 4)),
+                                   jnp.broadcast_to(jnp.eye(3), (1, 4, 3, 3)), tc, vc))
+  cost = fn.lower(state, jnp.zeros((1, 9, 4, h, w))).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = flops.ar_chunk_flops(cfg, h * w, 4, ctx, lt)
+  assert 1.0 <= cost["flops"] / analytic <= 1.2

@@ -15,21 +15,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
-from wc_jax import sampling
+from wc_jax import cli, sampling
 from wc_jax.context import sphere_points
-from wc_jax.models.worldplay.config import DiTConfig
-from wc_jax.models.worldplay.model import build, functional, load_params
+from wc_jax.models.worldplay.config import DiTConfig, from_config
+from wc_jax.models.worldplay.model import build, functional, load_params, randomize
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "ml_collections config file")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/wc_jax_generate", "where outputs are written")
-
-
-def model_config(cfg) -> DiTConfig:
-  d = {k: v for k, v in cfg.model.to_dict().items() if k != "checkpoint"}
-  return DiTConfig.from_dict(d)
+_CONFIG = cli.config_flag("configs/tiny.py")
+_WORKDIR = cli.string_flag("workdir", "/tmp/wc_jax_generate", "where outputs are written")
 
 
 def simple_trajectory(n: int, step: float = 0.1, yaw_deg: float = 2.0):
@@ -69,10 +63,12 @@ def write_gif(latents: np.ndarray, path: pathlib.Path, scale: int = 8) -> None:
 
 
 def run(cfg, workdir: str) -> dict:
-  mcfg = model_config(cfg)
+  mcfg = from_config(cfg.model)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   model = build(mcfg, seed=cfg.seed)
+  if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
+    randomize(model, cfg.seed)   # the reference zero-inits output layers: a fresh model predicts v = 0
   if cfg.model.checkpoint:
     from wc_jax.convert.common import load_orbax
     params, meta = load_orbax(cfg.model.checkpoint)
@@ -112,10 +108,10 @@ def run(cfg, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  summary = run(_CONFIG.value, _WORKDIR.value)
+  summary = run(_CONFIG(), _WORKDIR())
   logging.info("generation summary: %s", summary)
   print(json.dumps(summary, indent=2))
-  print(f"wrote {_WORKDIR.value}/latents.npz, latents.gif, summary.json")
+  print(f"wrote {_WORKDIR()}/latents.npz, latents.gif, summary.json")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 IMPLS = ("xla", "xla_flash", "cudnn", "splash")
 
@@ -65,7 +66,7 @@ def attention(q, k, v, mask: Mask | None = None, *, impl: str = "xla", block_kv:
   if impl == "cudnn":
     return _cudnn(q, k, v, mask)
   if impl == "splash":
-    return _splash(q, k, v, mask)
+    return _sharded(_splash, q, k, v, mask)
   raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
 
 
@@ -144,31 +145,69 @@ def _cudnn(q, k, v, mask):
   return out
 
 
+def _sharded(fn, q, k, v, mask):
+  """Runs a per-device kernel under jax.shard_map on the current mesh: batch over the data
+  axes, heads over `tensor`, sequences whole (Mosaic kernels cannot be auto-partitioned)."""
+  from wc_jax import sharding
+  mesh = sharding._current_mesh()
+  if mesh is None:
+    return fn(q, k, v, mask)
+  bspec = sharding._fit(sharding.logical_to_spec(("activation_batch", None, "activation_heads", None), mesh=mesh),
+                        q.shape, mesh)
+  kspec = sharding._fit(bspec, k.shape, mesh)
+  bspec = P(*[bspec[0] if kspec[0] == bspec[0] else None, None,
+              bspec[2] if kspec[2] == bspec[2] else None, None])
+  mspec = P(bspec[0], None)
+  qv = mask.q_valid if mask.q_valid is not None else jnp.ones(q.shape[:2], bool)
+  kvv = mask.kv_valid if mask.kv_valid is not None else jnp.ones(k.shape[:2], bool)
+
+  def local(q, k, v, qv, kvv):
+    return fn(q, k, v, Mask(kv_valid=kvv, q_valid=qv, q_chunk=mask.q_chunk, kv_chunk=mask.kv_chunk))
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(bspec, bspec, bspec, mspec, mspec), out_specs=bspec,
+                       check_vma=False)(q, k, v, qv, kvv)
+
+
 def _splash(q, k, v, mask):
+  """Pallas splash attention (TPU). Sequences are padded to a multiple of 128 (padded keys
+  masked through segment ids), the chunk structure becomes a static NumpyMask."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
   b, lq, h, d = q.shape
   lk = k.shape[1]
-  if mask.q_chunk is not None:
-    dense = np.asarray(mask.kv_chunk)[None, :] <= np.asarray(mask.q_chunk)[:, None]
-    base = sm.NumpyMask(dense)
-  else:
-    base = sm.FullMask((lq, lk))
-  multi = sm.MultiHeadMask([base] * h)
-  block = functools.partial(min, 512)
-  sizes = sk.BlockSizes(block_q=block(lq), block_kv=block(lk), block_kv_compute=block(lk),
-                        block_q_dkv=block(lq), block_kv_dkv=block(lk), block_kv_dkv_compute=block(lk),
-                        block_q_dq=block(lq), block_kv_dq=block(lk))
-  kernel = sk.make_splash_mha(multi, head_shards=1, q_seq_shards=1, block_sizes=sizes)
+  lq_p, lk_p = -(-lq // 128) * 128, -(-lk // 128) * 128
   qv = mask.q_valid.astype(jnp.int32) if mask.q_valid is not None else jnp.ones((b, lq), jnp.int32)
   kvv = mask.kv_valid.astype(jnp.int32) if mask.kv_valid is not None else jnp.ones((b, lk), jnp.int32)
+  q = jnp.pad(q, ((0, 0), (0, lq_p - lq), (0, 0), (0, 0)))
+  k = jnp.pad(k, ((0, 0), (0, lk_p - lk), (0, 0), (0, 0)))
+  v = jnp.pad(v, ((0, 0), (0, lk_p - lk), (0, 0), (0, 0)))
+  qv = jnp.pad(qv, ((0, 0), (0, lq_p - lq)))
+  kvv = jnp.pad(kvv, ((0, 0), (0, lk_p - lk)))
+  if mask.q_chunk is not None:
+    qc = np.pad(np.asarray(mask.q_chunk), (0, lq_p - lq), constant_values=np.iinfo(np.int32).max)
+    kc = np.pad(np.asarray(mask.kv_chunk), (0, lk_p - lk), constant_values=np.iinfo(np.int32).max)
+    dense = kc[None, :] <= qc[:, None]
+    dense[lq:, :] = True  # padded query rows: keep them non-empty (they are dropped)
+    base = sm.NumpyMask(dense)
+  else:
+    base = sm.FullMask((lq_p, lk_p))
+  multi = sm.MultiHeadMask([base] * h)
+
+  def blk(n):
+    return next(x for x in (512, 256, 128) if n % x == 0)
+
+  bq, bk = blk(lq_p), blk(lk_p)
+  sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
+                        block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
+  kernel = sk.make_splash_mha(multi, head_shards=1, q_seq_shards=1, block_sizes=sizes)
   scale = 1.0 / math.sqrt(d)
 
   def one(qb, kb, vb, qseg, kseg):
-    # segment ids: valid tokens share segment 1; padded keys get 0 and padded queries 2,
-    # so a padded query sees nothing (zeroed below) and nobody sees a padded key.
+    # valid tokens share segment 1; padded keys get 0 and padded queries 2, so nobody sees a
+    # padded key and a padded query sees nothing (its row is zeroed below).
     seg = sk.SegmentIds(q=jnp.where(qseg > 0, 1, 2), kv=kseg)
-    return kernel(qb.swapaxes(0, 1) * scale, kb.swapaxes(0, 1), vb.swapaxes(0, 1), segment_ids=seg).swapaxes(0, 1)
+    return kernel((qb * scale).swapaxes(0, 1), kb.swapaxes(0, 1), vb.swapaxes(0, 1), segment_ids=seg).swapaxes(0, 1)
 
   out = jax.vmap(one)(q, k, v, qv, kvv)
-  return jnp.where(qv[:, :, None, None] > 0, out, 0).astype(q.dtype)
+  out = jnp.where(qv[:, :, None, None] > 0, out, 0)[:, :lq]
+  return out.astype(q.dtype)

@@ -156,3 +156,11 @@ def to_reference(cfg: DiTConfig) -> dict:
     out["wc_jax_byt5_mapper"] = {"in_dim": cfg.byt5_in_dim, "hidden_dim": cfg.byt5_hidden_dim,
                                  "out_dim": cfg.byt5_out_dim}
   return out
+
+
+def from_config(model_cfg) -> DiTConfig:
+  """DiTConfig from the `model` section of an ml_collections config (ignores `checkpoint`)."""
+  d = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+  d.pop("checkpoint", None)
+  d.pop("init", None)
+  return DiTConfig.from_dict(d)

@@ -1,0 +1,125 @@
+"""DiT throughput: forward and forward+backward of the AR target pass and the full forward.
+
+    python benchmarks/bench_dit.py                       # CPU, reduced width
+    python benchmarks/bench_dit.py --hidden 2048 --heads 16 --layers 4 --impls xla,cudnn   # GPU, 8B width
+
+Shapes follow the real model: 1560 tokens per latent frame (480x832), an AR chunk of 4
+latents against 20 context latents (ar), or 24 latents chunk-causal (full). FLOPs come from
+XLA's cost analysis of the compiled program; MFU = achieved / --peak-tflops.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wc_jax.models.worldplay.config import DiTConfig
+from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
+
+PEAKS = {"cpu": None, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
+         "TPU v6 lite": 918.0}
+
+
+def make_inputs(cfg: DiTConfig, path: str, h: int, w: int, ctx: int, text_len: int, key):
+  ks = jax.random.split(key, 8)
+  dt = cfg.compute_dtype
+  chunk = cfg.chunk_latents
+  frames = chunk if path == "ar" else ctx + chunk
+  hs = jax.random.normal(ks[0], (1, cfg.in_channels, frames, h, w), jnp.float32)
+  t = jnp.full((1, frames), 500.0)
+  action = jnp.zeros((1, frames))
+  vm = jnp.broadcast_to(jnp.eye(4), (1, frames, 4, 4))
+  K = jnp.broadcast_to(jnp.array([[0.8, 0, 0.5], [0, 1.4, 0.5], [0, 0, 1.0]]), (1, frames, 3, 3))
+  if path == "full":
+    text = TextTokens(jax.random.normal(ks[1], (1, text_len, cfg.hidden_size), dt), jnp.ones((1, text_len), bool),
+                      jax.random.normal(ks[2], (1, cfg.hidden_size), dt))
+    return dict(hs=hs, t=t, action=action, vm=vm, K=K, text=text)
+  L, H, D = cfg.depth, cfg.heads, cfg.head_dim
+  n = ctx * h * w
+  tc = TextCache(jax.random.normal(ks[3], (L, 1, text_len, H, D), dt), jax.random.normal(ks[4], (L, 1, text_len, H, D), dt),
+                 jnp.ones((1, text_len), bool))
+  vc = VisionCache(jax.random.normal(ks[5], (L, 2, 1, n, H, D), dt), jax.random.normal(ks[6], (L, 2, 1, n, H, D), dt),
+                   jnp.ones((1, n), bool), jnp.array([ctx], jnp.int32))
+  return dict(hs=hs, t=t, action=action, vm=vm, K=K, tc=tc, vc=vc)
+
+
+def build_fns(apply, path):
+  def fwd(state, x):
+    if path == "full":
+      return apply(state, "forward", x["hs"], x["t"], x["text"], action=x["action"], viewmats=x["vm"], Ks=x["K"],
+                   causal=True)
+    return apply(state, "denoise_chunk", x["hs"], x["t"], x["action"], x["vm"], x["K"], x["tc"], x["vc"])
+
+  def loss(state, x):
+    return jnp.mean(jnp.square(fwd(state, x).astype(jnp.float32)))
+
+  return jax.jit(fwd), jax.jit(jax.grad(loss))
+
+
+def time_fn(fn, *args, iters: int):
+  compiled = fn.lower(*args).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  jax.block_until_ready(compiled(*args))
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    out = compiled(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / iters, flops
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--hidden", type=int, default=256)
+  p.add_argument("--heads", type=int, default=2)
+  p.add_argument("--layers", type=int, default=2)
+  p.add_argument("--height", type=int, default=30)
+  p.add_argument("--width", type=int, default=52)
+  p.add_argument("--context", type=int, default=20)
+  p.add_argument("--text", type=int, default=256, help="conditioning tokens (8B: up to ~2000)")
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--impls", default="xla,xla_flash")
+  p.add_argument("--paths", default="ar,full")
+  p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--peak-tflops", type=float, default=None)
+  args = p.parse_args(argv)
+  dev = jax.devices()[0]
+  peak = args.peak_tflops or PEAKS.get(getattr(dev, "device_kind", "cpu"))
+  head_dim = args.hidden // args.heads
+  dt = head_dim // 8
+  rope_dims = (dt, (head_dim - dt) // 2, head_dim - dt - (head_dim - dt) // 2)
+  if any(r % 2 for r in rope_dims):
+    rope_dims = (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16)
+  print(f"# command: python benchmarks/bench_dit.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+  print(f"# device: {dev.device_kind} x{len(jax.devices())}  hidden={args.hidden} heads={args.heads} "
+        f"layers={args.layers} tokens/frame={args.height * args.width} ctx={args.context} dtype={args.dtype}")
+  rows = []
+  for impl in args.impls.split(","):
+    cfg = DiTConfig(latent_channels=32, out_channels=32, hidden_size=args.hidden, heads=args.heads, depth=args.layers,
+                    rope_dims=rope_dims, text_dim=64, byt5_in_dim=32, byt5_hidden_dim=64, byt5_out_dim=64,
+                    vision_dim=32, dtype=args.dtype, attention_impl=impl, remat_policy="full")
+    model = WorldPlayDiT(cfg, rngs=nnx.Rngs(0))
+    apply, state = functional(model)
+    for path in args.paths.split(","):
+      x = make_inputs(cfg, path, args.height, args.width, args.context, args.text, jax.random.key(0))
+      fwd, grad = build_fns(apply, path)
+      for name, fn in (("fwd", fwd), ("fwd+bwd", grad)):
+        secs, flops = time_fn(fn, state, x, iters=args.iters)
+        tflops = flops / secs / 1e12
+        row = dict(impl=impl, path=path, pass_=name, ms=round(secs * 1e3, 1), tflop=round(flops / 1e12, 3),
+                   tflops_per_s=round(tflops, 3), mfu=round(tflops / peak, 4) if peak else None)
+        rows.append(row)
+        print(f"{impl:10s} {path:5s} {name:8s} {row['ms']:10.1f} ms  {row['tflop']:8.3f} TFLOP  "
+              f"{row['tflops_per_s']:8.3f} TFLOP/s" + (f"  MFU {row['mfu']:.1%}" if peak else ""))
+  print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+  main()

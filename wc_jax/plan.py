@@ -1,0 +1,174 @@
+"""Will it fit? AOT-compiles the DiT forward+backward for a TPU topology on this CPU.
+
+    python -m wc_jax.plan --config=configs/hunyuan8b.py --topology=v5p:2x2x4
+    python -m wc_jax.plan --config=configs/hunyuan8b.py --topology=v5p:2x2x2 --path=full --config.mesh.context=2
+
+Needs libtpu (`pip install -e .[tpu]`); no TPU is used: jax.experimental.topologies describes
+the chips, XLA compiles for them, and the compiled program reports its per-chip memory and
+FLOPs. Paths:
+  ar   - the RL update's pass: a 4-latent target chunk attending to [text; 20 context latents]
+         (cache given), forward + backward w.r.t. all parameters;
+  full - base training: chunk-causal forward over context+target latents, forward + backward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from wc_jax import cli, sharding
+from wc_jax.models.worldplay import flops as flops_lib
+from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
+
+_CONFIG = cli.config_flag("configs/hunyuan8b.py")
+_TOPOLOGY = cli.string_flag("topology", "v5p:2x2x4", "TPU topology name, e.g. v5p:2x2x2, v5e:4x4, v6e:2x4")
+_PATH = cli.string_flag("path", "ar", "which DiT pass to plan: ar | full")
+_BATCH = cli.string_flag("batch", "0", "global batch (default: one row per data-parallel group)")
+_JSON = cli.string_flag("json", "", "also write the figures to this JSON file")
+
+HBM_GIB = {"v5p": 95.74, "v5e": 16.0, "v5litepod": 16.0, "v6e": 31.25, "v4": 32.0}
+PEAK_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v6e": 918.0, "v4": 275.0}
+
+
+def topology_mesh(topology: str, mesh_cfg: dict) -> Mesh:
+  from jax.experimental import topologies
+  topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+  return sharding.make_mesh(mesh_cfg, devices=topo.devices)
+
+
+def _model_config(cfg):
+  from wc_jax.models.worldplay.config import from_config
+  return from_config(cfg.model)
+
+
+def abstract_inputs(mcfg, cfg, path: str, batch: int):
+  """ShapeDtypeStructs of one pass's inputs at the config's real token counts."""
+  s, t = cfg.sampling, cfg.text
+  h, w = s.latent_height // mcfg.patch_size[1], s.latent_width // mcfg.patch_size[2]
+  f32, dt = jnp.float32, mcfg.compute_dtype
+  lt = t.text_tokens + t.byt5_tokens + t.vision_tokens
+  sds = jax.ShapeDtypeStruct
+  chunk, ctx = mcfg.chunk_latents, s.max_context_frames
+  if path == "full":
+    frames = ctx + chunk
+    text = TextTokens(sds((batch, lt, mcfg.hidden_size), dt), sds((batch, lt), bool), sds((batch, mcfg.hidden_size), dt))
+    return dict(hs=sds((batch, mcfg.in_channels, frames, s.latent_height, s.latent_width), f32),
+                t=sds((batch, frames), f32), action=sds((batch, frames), f32),
+                viewmats=sds((batch, frames, 4, 4), f32), Ks=sds((batch, frames, 3, 3), f32), text=text)
+  L, hd, heads = mcfg.depth, mcfg.head_dim, mcfg.heads
+  tc = TextCache(sds((L, batch, lt, heads, hd), dt), sds((L, batch, lt, heads, hd), dt), sds((batch, lt), bool))
+  n = ctx * h * w
+  vc = VisionCache(sds((L, 2, batch, n, heads, hd), dt), sds((L, 2, batch, n, heads, hd), dt),
+                   sds((batch, n), bool), sds((batch,), jnp.int32))
+  return dict(hs=sds((batch, mcfg.in_channels, chunk, s.latent_height, s.latent_width), f32),
+              t=sds((batch, chunk), f32), action=sds((batch, chunk), f32),
+              viewmats=sds((batch, chunk, 4, 4), f32), Ks=sds((batch, chunk, 3, 3), f32), text_cache=tc,
+              ctx=vc)
+
+
+def input_shardings(inputs, mesh):
+  def spec(x):
+    nd = len(x.shape)
+    if nd == 0:
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, sharding._fit(sharding.logical_to_spec(("activation_batch",) + (None,) * (nd - 1),
+                                                                        mesh=mesh), x.shape, mesh))
+  out = jax.tree.map(spec, inputs)
+  # caches carry the layer axis first: batch is axis 1 (text) / 2 (vision), tokens over `context`
+  if "text_cache" in inputs:
+    tc, vc = inputs["text_cache"], inputs["ctx"]
+    kv_t = sharding.logical_to_spec(("layers", "activation_batch", "activation_length", "activation_heads", None), mesh=mesh)
+    kv_v = sharding.logical_to_spec(("layers", None, "activation_batch", "activation_length", "activation_heads", None),
+                                    mesh=mesh)
+    out["text_cache"] = TextCache(NamedSharding(mesh, sharding._fit(kv_t, tc.k.shape, mesh)),
+                                  NamedSharding(mesh, sharding._fit(kv_t, tc.v.shape, mesh)), out["text_cache"].mask)
+    out["ctx"] = VisionCache(NamedSharding(mesh, sharding._fit(kv_v, vc.k.shape, mesh)),
+                             NamedSharding(mesh, sharding._fit(kv_v, vc.v.shape, mesh)), out["ctx"].valid,
+                             out["ctx"].frames)
+  return out
+
+
+def make_step(apply, path: str, causal: bool = True):
+  """loss = mean(v^2) of the pass; returns (loss, grads) - a forward+backward over all params."""
+  def loss_fn(params, rest, inputs):
+    state = nnx.merge_state(params, rest) if rest is not None else params
+    if path == "full":
+      v = apply(state, "forward", inputs["hs"], inputs["t"], inputs["text"], action=inputs["action"],
+                viewmats=inputs["viewmats"], Ks=inputs["Ks"], causal=causal)
+    else:
+      v = apply(state, "denoise_chunk", inputs["hs"], inputs["t"], inputs["action"], inputs["viewmats"],
+                inputs["Ks"], inputs["text_cache"], inputs["ctx"])
+    return jnp.mean(jnp.square(v.astype(jnp.float32)))
+
+  def step(params, inputs):
+    return jax.value_and_grad(loss_fn)(params, None, inputs)
+  return step
+
+
+def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
+  mcfg = _model_config(cfg)
+  mesh = topology_mesh(topology, dict(cfg.mesh))
+  batch = batch or mesh.shape["data"] * mesh.shape["fsdp"]
+  abstract = nnx.eval_shape(lambda: WorldPlayDiT(mcfg, rngs=nnx.Rngs(0)))
+  apply, state = functional(abstract)
+  param_shard = sharding.state_shardings(state, mesh)
+  inputs = abstract_inputs(mcfg, cfg, path, batch)
+  in_shard = input_shardings(inputs, mesh)
+  step = make_step(apply, path)
+  with sharding.use_mesh(mesh):
+    jitted = jax.jit(step, in_shardings=(param_shard, in_shard),
+                     out_shardings=(NamedSharding(mesh, P()), param_shard))
+    compiled = jitted.lower(state, inputs).compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+  gib = 2 ** 30
+  chip = topology.split(":")[0]
+  per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0  # XLA: scan body once, custom calls 0
+  s = cfg.sampling
+  tokens_per_frame = (s.latent_height // mcfg.patch_size[1]) * (s.latent_width // mcfg.patch_size[2])
+  lt = cfg.text.text_tokens + cfg.text.byt5_tokens + cfg.text.vision_tokens
+  if path == "ar":
+    fwd = flops_lib.ar_chunk_flops(mcfg, tokens_per_frame, mcfg.chunk_latents, s.max_context_frames, lt, batch)
+  else:
+    fwd = flops_lib.full_flops(mcfg, tokens_per_frame, s.max_context_frames + mcfg.chunk_latents, lt, True, batch)
+  chips = int(np.prod(list(mesh.shape.values())))
+  step_flops = fwd * (3 + (1 if mcfg.remat_policy != "none" else 0)) / chips   # fwd + bwd (+ remat recompute)
+  return {
+      "topology": topology, "chips": int(np.prod(list(mesh.shape.values()))), "mesh": dict(mesh.shape),
+      "path": path, "batch": batch, "params_billion": round(n_params / 1e9, 3),
+      "tokens_per_latent_frame": tokens_per_frame, "attention_impl": mcfg.attention_impl,
+      "remat_policy": mcfg.remat_policy, "compute_dtype": mcfg.dtype, "param_dtype": mcfg.param_dtype,
+      "per_chip_gib": {"arguments": round(mem.argument_size_in_bytes / gib, 2),
+                       "outputs": round(mem.output_size_in_bytes / gib, 2),
+                       "temporaries": round(mem.temp_size_in_bytes / gib, 2),
+                       "total": round(per_chip / gib, 2)},
+      "hbm_per_chip_gib": HBM_GIB.get(chip), "fits": (per_chip / gib) <= HBM_GIB.get(chip, float("inf")),
+      "model_tflop_per_chip": round(step_flops / 1e12, 4),
+      "xla_counted_tflop_per_chip": round(flops / 1e12, 4),
+      "ideal_step_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 4),
+  }
+
+
+def main(argv):
+  del argv
+  out = plan(_CONFIG(), _TOPOLOGY(), _PATH(), int(_BATCH()))
+  print(json.dumps(out, indent=2))
+  if _JSON():
+    with open(_JSON(), "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

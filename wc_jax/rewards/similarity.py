@@ -1,0 +1,84 @@
+"""RWML-style "sim-to-real gap" reward (arXiv 2602.05842).
+
+When a real continuation of the context exists (a recorded video), the reward
+is the similarity, in a pretrained embedding space, between the generated clip
+and the real clip. It is dense by default; with a threshold it becomes the
+binary "close enough to reality" signal of the paper.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from wc_jax.rewards import _checks, _model
+
+Encoder = Callable[[jax.Array], jax.Array]
+POOLINGS = ("frame", "clip")
+
+
+def _cosine(a, b, eps=1e-8):
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
+  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), eps)
+  return jnp.sum(a * b, axis=-1)
+
+
+def _similarity_impl(encoder, generated, real, threshold, *, pooling, offset, stride,
+                     binarize):
+  fn = "embedding_similarity_reward"
+  _checks.check_images(fn, "generated", generated)
+  _checks.check_images(fn, "real", real)
+  if generated.shape != real.shape:
+    raise ValueError(f"{fn}: generated and real must have the same [F,H,W,3] shape, got "
+                     f"{tuple(generated.shape)} and {tuple(real.shape)}")
+  idx = jnp.arange(offset, generated.shape[0], stride)
+  n = idx.shape[0]
+  if n == 0:
+    raise ValueError(f"{fn}: {generated.shape[0]} frames have none at {offset}::{stride}")
+  both = jnp.concatenate([generated[idx], real[idx].astype(generated.dtype)], axis=0)
+  emb = encoder(both)
+  s = _checks.shape_of(emb)
+  if len(s) != 2 or s[0] != 2 * n:
+    raise ValueError(f"{fn}: encoder must map [N,H,W,3] images to [N,D] embeddings (N={2 * n}), "
+                     f"got shape {s}")
+  emb = jnp.asarray(emb, jnp.float32)
+  g, r = emb[:n], emb[n:]
+  if pooling == "frame":
+    sim = jnp.mean(_cosine(g, r))
+  else:
+    sim = _cosine(jnp.mean(g, axis=0), jnp.mean(r, axis=0))
+  if binarize:
+    return (sim >= threshold).astype(jnp.float32)
+  return sim
+
+
+def embedding_similarity_reward(generated, real, encoder: Encoder, *, pooling: str = "frame",
+                                threshold: float | None = None, offset: int = 0,
+                                stride: int = 1):
+  """Similarity of a generated clip to the real continuation (jit-compiled).
+
+  Args:
+    generated: [F,H,W,3] generated frames.
+    real: [F,H,W,3] real frames, aligned with `generated`.
+    encoder: images [N,H,W,3] -> embeddings [N,D]; an nnx.Module (weights
+      traced, e.g. `ClipAestheticScorer.vision`) or a hashable callable.
+    pooling: "frame" = mean over frames of the per-frame cosine similarity;
+      "clip" = cosine similarity of the frame-averaged embeddings.
+    threshold: if given, the reward is 1.0 where similarity >= threshold, else
+      0.0 (RWML's binarised reward).
+    offset, stride: which frames are embedded (default all).
+
+  Returns:
+    float32 scalar in [-1,1] (or {0,1} with a threshold).
+  """
+  if pooling not in POOLINGS:
+    raise ValueError(f"embedding_similarity_reward: pooling must be one of {POOLINGS}, "
+                     f"got {pooling!r}")
+  if stride < 1 or offset < 0:
+    raise ValueError(f"embedding_similarity_reward: need offset >= 0 and stride >= 1, "
+                     f"got offset={offset} stride={stride}")
+  thr = jnp.asarray(0.0 if threshold is None else threshold, jnp.float32)
+  return _model.call_with_model(
+      _similarity_impl, encoder, (generated, real, thr),
+      {"pooling": pooling, "offset": offset, "stride": stride, "binarize": threshold is not None})
