@@ -26,4 +26,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict(dict(text_tokens=12, byt5_tokens=6, vision_tokens=5))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+
+  # ---- RL (python -m wc_jax.train --config=configs/tiny.py --workdir=/tmp/wc_rl)
+  c.rl = ml_collections.ConfigDict(dict(
+      total_steps=4, group_size=12, best_of_n=6, curriculum="min2max", max_clip=4, fixed_clip=1,
+      rollout_steps=4, shift=5.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0, released_v_old=False,
+      std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-5, weight_decay=1e-4, grad_clip=2.0, grad_accum=1, muon=True, muon_rms=0.2, b1=0.9, b2=0.999))
+  c.vae = ml_collections.ConfigDict(dict(checkpoint="", seed=0, block_out_channels=(8, 16, 16, 32, 32),
+                                         layers_per_block=1))
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.weights = ml_collections.ConfigDict(dict(fine_action=2.0, drift=1.0))
+  c.rewards.pose = ml_collections.ConfigDict(dict(
+      checkpoint="", seed=0, process_res=84,
+      random=dict(embed_dim=32, depth=4, num_heads=2, out_layers=(0, 1, 2, 3), alt_start=2, qknorm_start=2,
+                  rope_start=2, head_features=16, head_out_channels=(8, 16, 32, 64))))
+  c.rewards.quality = ml_collections.ConfigDict(dict(
+      checkpoint="", head_checkpoint="", seed=0,
+      random=dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14, projection_dim=16), head_dims=(16, 8, 1))))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=2, keep=3, async_save=True))
   return c

@@ -17,15 +17,15 @@ import importlib
 from wc_jax.convert.common import (ConversionError, TensorSource, load_orbax, read_config,
                                    save_orbax, save_torch_safetensors)
 
-CONVERTERS = ("dit", "vae", "da3")
+CONVERTERS = ("wc_jax.convert.dit", "wc_jax.convert.vae", "wc_jax.convert.da3", "wc_jax.models.quality.convert")
 
 
 def _modules():
   for name in CONVERTERS:
     try:
-      yield importlib.import_module(f"wc_jax.convert.{name}")
+      yield importlib.import_module(name)
     except ModuleNotFoundError as e:
-      if e.name != f"wc_jax.convert.{name}":
+      if e.name != name:
         raise
 
 
@@ -34,7 +34,8 @@ def converter_for(config: dict, kind: str | None = None):
     if (kind is not None and mod.KIND == kind) or (kind is None and mod.matches(config)):
       return mod
   raise ConversionError(
-      f"config.json is not a known model kind ({', '.join(CONVERTERS)}); keys: {sorted(config)[:15]}")
+      f"config.json is not a known model kind ({', '.join(m.rsplit('.', 2)[-2 if m.endswith('convert') else -1] for m in CONVERTERS)}); "
+      f"keys: {sorted(config)[:15]}")
 
 
 def torch_to_orbax(src, dst, dtype=None, mesh=None, kind=None) -> str:

@@ -1,0 +1,216 @@
+"""The WorldCompass RL loop: rollout -> decode -> rewards -> advantages -> NFT update -> EMAs.
+
+Everything is built from one ml_collections config (see configs/tiny.py); `Trainer.run`
+is what `python -m wc_jax.train` calls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wc_jax import sharding
+from wc_jax.models.worldplay.config import from_config
+from wc_jax.models.worldplay.model import WorldPlayDiT, functional, load_params, randomize
+from wc_jax.rewards.advantages import prepare_grpo
+from wc_jax.rewards.nft import nft_advantage, nft_sigma_schedule
+from wc_jax.rl import checkpoint as ckpt_lib
+from wc_jax.rl.curriculum import target_clip
+from wc_jax.rl.optim import make_optimizer
+from wc_jax.rl.rollout import ClipRollout, ClipRolloutEngine, Trajectory
+from wc_jax.rl.update import TrainState, UpdateBatch, init_state, make_update_fn
+
+log = logging.getLogger("wc_jax.train")
+
+
+# ----------------------------------------------------------------------------- reward stage
+
+@dataclasses.dataclass
+class RewardStage:
+  """Decodes candidate clips and scores them with the configured rewards."""
+  decode: Callable            # latents [B, C, T', h, w] -> frames [B, F, H, W, 3] in [0, 1]
+  rewards: dict[str, Callable]  # name -> fn(frames [G,F,H,W,3], first_frame [H,W,3], actions [chunk]) -> [G]
+  weights: dict[str, float]
+
+  def __call__(self, r: ClipRollout, first_latent_window: jax.Array | None):
+    """Window = previous latent (later chunks: 1 + 4*4 = 17 frames) + the candidate's 4 latents."""
+    g = r.x0.shape[0]
+    if first_latent_window is not None:
+      lat = jnp.concatenate([jnp.broadcast_to(first_latent_window, (g,) + first_latent_window.shape[1:]), r.x0], axis=2)
+    else:
+      lat = r.x0
+    frames = self.decode(lat)
+    if first_latent_window is not None:
+      frames = frames[:, -(4 * r.x0.shape[2] + 1):]
+    first = self.decode(r.prefix[:, :, :1] if r.prefix.shape[2] else r.x0[:1, :, :1])[0, 0]
+    scores = {name: fn(frames, first, r.action[0]) for name, fn in self.rewards.items()}
+    return scores, frames
+
+
+# ----------------------------------------------------------------------------- data
+
+class SyntheticTrajectories:
+  """Deterministic stand-in data: random conditioning states + commanded trajectories.
+
+  State is just the index of the next example, so it checkpoints as JSON.
+  """
+
+  def __init__(self, cfg, mcfg, latent_hw: tuple[int, int], frames: int, seed: int):
+    from wc_jax.rl.trajectories import random_trajectory
+    self._cfg, self._mcfg, self._hw, self._frames, self._seed = cfg, mcfg, latent_hw, frames, seed
+    self._random_trajectory = random_trajectory
+    self.index = 0
+
+  def get_state(self) -> dict:
+    return {"index": self.index}
+
+  def set_state(self, state: dict) -> None:
+    self.index = int(state["index"])
+
+  def __next__(self) -> Trajectory:
+    rng = np.random.default_rng([self._seed, self.index])
+    self.index += 1
+    t, m = self._cfg.text, self._mcfg
+    actions, w2c = self._random_trajectory(self._frames, rng)
+    h, w = self._hw
+    return Trajectory(
+        text_states=rng.standard_normal((1, t.text_tokens, m.text_dim), np.float32),
+        text_mask=(np.arange(t.text_tokens) < max(1, t.text_tokens * 3 // 4))[None].astype(np.int32),
+        byt5_states=rng.standard_normal((1, t.byt5_tokens, m.byt5_in_dim), np.float32),
+        byt5_mask=(np.arange(t.byt5_tokens) < max(1, t.byt5_tokens // 2))[None].astype(np.int32),
+        vision_states=rng.standard_normal((1, t.vision_tokens, m.vision_dim), np.float32),
+        first_latent=rng.standard_normal((m.latent_channels, h, w)).astype(np.float32),
+        actions=actions.astype(np.float32), w2c=w2c.astype(np.float32),
+        Ks=np.tile(np.array([[0.8, 0, 0.5], [0, 1.4, 0.5], [0, 0, 1]], np.float32), (self._frames, 1, 1)))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+
+  def __init__(self, cfg, workdir: str, *, reward_stage: RewardStage | None = None, data: Iterator | None = None,
+               mesh=None):
+    self.cfg = cfg
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.mcfg = from_config(cfg.model)
+    self.mesh = mesh or sharding.make_mesh(dict(cfg.mesh))
+    model = WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(cfg.seed))
+    if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
+      randomize(model, cfg.seed)
+    if cfg.model.checkpoint:
+      from wc_jax.convert.common import load_orbax
+      params, _ = load_orbax(cfg.model.checkpoint)
+      load_params(model, params)
+    self.apply, params = functional(model)
+    rl, opt = cfg.rl, cfg.optim
+    self.tx = make_optimizer(lr=opt.lr, weight_decay=opt.weight_decay, grad_clip=opt.grad_clip,
+                             grad_accum=opt.grad_accum, use_muon=opt.muon, muon_rms=opt.muon_rms, b1=opt.b1, b2=opt.b2)
+    self.param_shardings = sharding.state_shardings(params, self.mesh)
+    params = jax.device_put(params, self.param_shardings)
+    self.state = init_state(params, self.tx, cfg.seed)
+    self.engine = ClipRolloutEngine(self.apply, chunk=self.mcfg.chunk_latents, steps=rl.rollout_steps,
+                                    shift=rl.shift, memory_frames=cfg.sampling.max_context_frames,
+                                    recent=cfg.sampling.recent_context_frames,
+                                    context_timestep=self.mcfg.context_timestep)
+    update = make_update_fn(self.apply, self.tx, sigma_schedule=nft_sigma_schedule(rl.rollout_steps, rl.shift),
+                            sigma_fraction=rl.sigma_fraction, beta=rl.beta, adv_clip=rl.adv_clip,
+                            released_v_old=rl.released_v_old, policy_ema=tuple(rl.policy_ema),
+                            ckpt_ema_decay=rl.ckpt_ema_decay)
+    self.update = jax.jit(update, donate_argnums=(0,))
+    self.reward_stage = reward_stage
+    frames = self.mcfg.chunk_latents * rl.max_clip
+    self.data = data or SyntheticTrajectories(cfg, self.mcfg, (cfg.sampling.latent_height, cfg.sampling.latent_width),
+                                              frames, cfg.seed)
+    self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
+    self.metrics_path = self.workdir / "metrics.jsonl"
+    self._stop = False
+
+  # -- one step
+  def step(self, step: int) -> dict:
+    cfg = self.cfg
+    rl = cfg.rl
+    t0 = time.time()
+    traj = next(self.data)
+    clip = target_clip(step, rl.curriculum, rl.max_clip, rl.fixed_clip, cfg.seed)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+    text = self._encode_text(self.state.policy, traj)
+    rollout = self.engine.rollout(self.state.policy, text, traj, clip, rl.group_size, key)
+    jax.block_until_ready(rollout.x0)
+    t_roll = time.time()
+    prev = rollout.prefix[:, :, -1:] if rollout.prefix.shape[2] else None
+    scores, _ = self.reward_stage(rollout, prev)
+    scores = {k: jnp.asarray(v, jnp.float32) for k, v in scores.items()}
+    t_reward = time.time()
+    weights = {k: float(w) for k, w in self.reward_stage.weights.items()}
+    grpo = prepare_grpo({k: v[None] for k, v in scores.items()}, weights, std_type=rl.std_type,
+                        best_of_n=rl.best_of_n)
+    kept = np.asarray(grpo.kept[0])
+    idx = np.nonzero(kept)[0]
+    adv = nft_advantage({k: v[0] for k, v in grpo.advantages.items()}, weights, adv_clip_max=rl.adv_clip)
+    batch = UpdateBatch(x0=rollout.x0[idx], advantage=adv[idx], cond=rollout.cond, action=rollout.action,
+                        viewmats=rollout.viewmats, Ks=rollout.Ks, text_cache=rollout.text_cache, ctx=rollout.ctx)
+    finite_rewards = all(bool(jnp.all(jnp.isfinite(v))) for v in scores.values())
+    if finite_rewards:
+      with sharding.use_mesh(self.mesh):
+        self.state, m = self.update(self.state, batch)
+      m = {k: float(v) for k, v in m.items()}
+    else:
+      m = {"skipped_nonfinite": 1, "optimizer_step_applied": 0}
+      log.warning("step %d: non-finite reward, update skipped", step)
+    t_update = time.time()
+    out = {"step": step, "clip": clip, "chunk_generations": rollout.chunk_generations,
+           "dit_calls": rollout.dit_calls, "kept": int(kept.sum()),
+           "time_rollout": t_roll - t0, "time_reward": t_reward - t_roll, "time_update": t_update - t_reward,
+           "context_frames": len(rollout.context_indices), **m}
+    for k, v in scores.items():
+      out[f"reward/{k}/mean"] = float(jnp.mean(v))
+      out[f"reward/{k}/std"] = float(jnp.std(v))
+      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[idx]))
+    out["advantage/kept_mean"] = float(jnp.mean(adv[idx]))
+    return out
+
+  def _encode_text(self, params, traj: Trajectory):
+    apply = self.apply
+    return jax.jit(lambda p, *a: apply(p, "encode_text", *a))(
+        params, jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
+        jnp.asarray(traj.byt5_mask), jnp.asarray(traj.vision_states), jnp.zeros((1,), jnp.float32))
+
+  # -- loop
+  def _on_sigterm(self, *_):
+    log.warning("SIGTERM: saving after the current step, then exiting")
+    self._stop = True
+
+  def run(self, total_steps: int | None = None) -> dict:
+    total = total_steps or self.cfg.rl.total_steps
+    restored = self.ckpt.restore_latest(self.state, self.data)
+    start = 1
+    if restored is not None:
+      self.state, start = restored
+      log.info("resumed from step %d", start - 1)
+    prev = signal.signal(signal.SIGTERM, self._on_sigterm)
+    last = {}
+    try:
+      for step in range(start, total + 1):
+        last = self.step(step)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+          f.write(json.dumps(last) + "\n")
+        log.info("step %d clip %d loss %.4f %s", step, last["clip"], last.get("loss", float("nan")),
+                 {k: round(v, 4) for k, v in last.items() if k.startswith("reward/") and k.endswith("/mean")})
+        if step % self.cfg.checkpoint.every == 0 or step == total or self._stop:
+          self.ckpt.save(step, self.state, self.data)
+        if self._stop:
+          break
+    finally:
+      self.ckpt.wait()
+      signal.signal(signal.SIGTERM, prev)
+    return last
