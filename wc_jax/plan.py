@@ -38,6 +38,9 @@ PEAK_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v6e": 918.0, "v4
 
 
 def topology_mesh(topology: str, mesh_cfg: dict) -> Mesh:
+  import os
+  # AOT only: several processes (tests, a training run) may load libtpu side by side.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   return sharding.make_mesh(mesh_cfg, devices=topo.devices)

@@ -198,3 +198,35 @@ def use_mesh(mesh: Mesh):
   """Sets `mesh` as the current mesh (jax.set_mesh) for the enclosed block."""
   with jax.set_mesh(mesh):
     yield mesh
+
+
+def _path_keys(path) -> tuple[str, ...]:
+  out = []
+  for p in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(p, attr):
+        out.append(str(getattr(p, attr)))
+        break
+    else:
+      out.append(str(p))
+  return tuple(out)
+
+
+def shardings_like_params(tree, params, param_shardings, mesh: Mesh):
+  """Shardings for a tree that embeds copies of the parameter tree (optimizer moments, EMAs):
+  a leaf whose path ends with a parameter's path and has its shape gets that parameter's
+  sharding; anything else (step counters, scalars) is replicated."""
+  table = {}
+  for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)):
+    table[_path_keys(path)] = (tuple(leaf.shape), sh)
+  replicated = NamedSharding(mesh, P())
+
+  def one(path, leaf):
+    keys = _path_keys(path)
+    shape = tuple(getattr(leaf, "shape", ()))
+    for i in range(len(keys)):
+      hit = table.get(keys[i:])
+      if hit is not None and hit[0] == shape:
+        return hit[1]
+    return replicated
+  return jax.tree_util.tree_map_with_path(one, tree)

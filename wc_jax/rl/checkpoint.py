@@ -59,7 +59,8 @@ class Checkpointer:
     if diff:
       raise ConfigMismatch(f"checkpoint {self.directory} (step {step}) was written for another model config; "
                            f"differences (checkpoint vs now): {diff}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+    # restore straight onto the mesh: every array takes the sharding of the live state's array
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
     out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                               data=ocp.args.JsonRestore()))
     data.set_state(out["data"])

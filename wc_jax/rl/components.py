@@ -79,15 +79,14 @@ def build_reward_stage(cfg, latent_channels: int) -> RewardStage:
       pose_model = build_pose_model(rcfg.pose)
 
       def action_fn(frames, first, actions, kind=name, pose_model=pose_model):
-        acts = jnp.broadcast_to(actions.astype(jnp.int32), (frames.shape[0],) + actions.shape)
-        return jnp.stack([interaction_reward(frames[i], acts[i], pose_model, kind=kind)
-                          for i in range(frames.shape[0])])
+        acts = actions.astype(jnp.int32)
+        return jax.vmap(lambda f: interaction_reward(f, acts, pose_model, kind=kind))(frames)
       fns[name] = action_fn
     elif name in ("drift",):
       scorer = build_scorer(rcfg.quality)
 
       def drift_fn(frames, first, actions, scorer=scorer):
-        return jnp.stack([quality_drift_reward(frames[i], scorer, first) for i in range(frames.shape[0])])
+        return jax.vmap(lambda f: quality_drift_reward(f, scorer, first))(frames)
       fns[name] = drift_fn
     else:
       raise ValueError(f"reward {name!r} is not wired into the RL loop (have: fine_action, action, drift)")

@@ -7,6 +7,8 @@ accumulation with optax.MultiSteps.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 from optax.contrib import MuonDimensionNumbers
@@ -29,6 +31,7 @@ def muon_dims(params):
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+@functools.lru_cache(maxsize=32)   # one object per setting: jitted steps keyed on it are shared
 def make_optimizer(lr: float = 1e-5, weight_decay: float = 1e-4, grad_clip: float = 2.0, grad_accum: int = 1,
                    use_muon: bool = True, muon_rms: float = 0.2, b1: float = 0.9, b2: float = 0.999,
                    muon_beta: float = 0.95) -> optax.GradientTransformation:

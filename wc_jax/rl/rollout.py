@@ -10,6 +10,7 @@ For target clip n (1-indexed; latents 4(n-1)..4n-1):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -72,6 +73,32 @@ def broadcast_caches(text_cache: TextCache, ctx: VisionCache | None, g: int):
   return tc, VisionCache(b1(ctx.k, 2), b1(ctx.v, 2), b1(ctx.valid, 0), b1(ctx.frames, 0))
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _text_fn(apply, state, text):
+  return apply(state, "text_cache", text)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 8))
+def _context_fn(apply, state, hs, a, vm, k, tc, valid, context_timestep):
+  return apply(state, "context_cache", hs, a, vm, k, tc, valid=valid,
+               timestep=jnp.full(a.shape, context_timestep, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _candidates_fn(apply, state, noise, cond, a, vm, k, tc, ctx, sig):
+  """Euler-integrates G candidates (batch of `noise`) against one broadcast context."""
+  g = noise.shape[0]
+  tc_g, ctx_g = broadcast_caches(tc, ctx, g)
+  bc = lambda x: jnp.broadcast_to(x, (g,) + x.shape[1:])
+
+  def vel(x, t, aux):
+    st, tc_g, ctx_g = aux
+    hs = jnp.concatenate([x, bc(cond)], axis=1)
+    return apply(st, "denoise_chunk", hs, jnp.full((g, a.shape[1]), t), bc(a), bc(vm), bc(k), tc_g, ctx_g)
+
+  return sampling.euler(vel, noise, sig, (state, tc_g, ctx_g))
+
+
 class ClipRolloutEngine:
   """Jitted pieces of the rollout for one model (apply) and static shapes.
 
@@ -92,32 +119,10 @@ class ClipRolloutEngine:
       from wc_jax.context import sphere_points
       points_local = sphere_points(50000, 8.0)
     self.points_local = points_local
-    apply_ = apply
-    sig = jnp.asarray(self.sig)
-
-    @jax.jit
-    def text_fn(state, text):
-      return apply_(state, "text_cache", text)
-
-    @jax.jit
-    def context_fn(state, hs, a, vm, k, tc, valid):
-      return apply_(state, "context_cache", hs, a, vm, k, tc, valid=valid,
-                    timestep=jnp.full(a.shape, context_timestep, jnp.float32))
-
-    @jax.jit
-    def candidates_fn(state, noise, cond, a, vm, k, tc, ctx):
-      g = noise.shape[0]
-      tc_g, ctx_g = broadcast_caches(tc, ctx, g)
-      bc = lambda x: jnp.broadcast_to(x, (g,) + x.shape[1:])
-
-      def vel(x, t, aux):
-        st, tc_g, ctx_g = aux
-        hs = jnp.concatenate([x, bc(cond)], axis=1)
-        return apply_(st, "denoise_chunk", hs, jnp.full((g, a.shape[1]), t), bc(a), bc(vm), bc(k), tc_g, ctx_g)
-
-      return sampling.euler(vel, noise, sig, (state, tc_g, ctx_g))
-
-    self._text, self._context, self._candidates = text_fn, context_fn, candidates_fn
+    self._sig = jnp.asarray(self.sig)
+    self._text = functools.partial(_text_fn, apply)
+    self._context = lambda *args: _context_fn(apply, *args, context_timestep)
+    self._candidates = lambda *args: _candidates_fn(apply, *args, self._sig)
 
   def encode_text(self, model_state, text: TextTokens) -> TextCache:
     return self._text(model_state, text)

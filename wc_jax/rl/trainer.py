@@ -6,6 +6,7 @@ is what `python -m wc_jax.train` calls.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -27,7 +28,7 @@ from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
 from wc_jax.rl.optim import make_optimizer
 from wc_jax.rl.rollout import ClipRollout, ClipRolloutEngine, Trajectory
-from wc_jax.rl.update import TrainState, UpdateBatch, init_state, make_update_fn
+from wc_jax.rl.update import TrainState, UpdateBatch, init_state, jitted_update, state_shardings
 
 log = logging.getLogger("wc_jax.train")
 
@@ -95,6 +96,11 @@ class SyntheticTrajectories:
 
 # ----------------------------------------------------------------------------- trainer
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _encode_text_fn(apply, params, *args):
+  return apply(params, "encode_text", *args)
+
+
 class Trainer:
 
   def __init__(self, cfg, workdir: str, *, reward_stage: RewardStage | None = None, data: Iterator | None = None,
@@ -117,16 +123,16 @@ class Trainer:
                              grad_accum=opt.grad_accum, use_muon=opt.muon, muon_rms=opt.muon_rms, b1=opt.b1, b2=opt.b2)
     self.param_shardings = sharding.state_shardings(params, self.mesh)
     params = jax.device_put(params, self.param_shardings)
-    self.state = init_state(params, self.tx, cfg.seed)
+    state = init_state(params, self.tx, cfg.seed)
+    self.state_shardings = state_shardings(state, self.param_shardings, self.mesh)
+    self.state = jax.device_put(state, self.state_shardings)
     self.engine = ClipRolloutEngine(self.apply, chunk=self.mcfg.chunk_latents, steps=rl.rollout_steps,
                                     shift=rl.shift, memory_frames=cfg.sampling.max_context_frames,
                                     recent=cfg.sampling.recent_context_frames,
                                     context_timestep=self.mcfg.context_timestep)
-    update = make_update_fn(self.apply, self.tx, sigma_schedule=nft_sigma_schedule(rl.rollout_steps, rl.shift),
-                            sigma_fraction=rl.sigma_fraction, beta=rl.beta, adv_clip=rl.adv_clip,
-                            released_v_old=rl.released_v_old, policy_ema=tuple(rl.policy_ema),
-                            ckpt_ema_decay=rl.ckpt_ema_decay)
-    self.update = jax.jit(update, donate_argnums=(0,))
+    self.update = jitted_update(self.apply, self.tx, int(rl.rollout_steps), float(rl.shift), float(rl.sigma_fraction),
+                                float(rl.beta), float(rl.adv_clip), bool(rl.released_v_old),
+                                tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay))
     self.reward_stage = reward_stage
     frames = self.mcfg.chunk_latents * rl.max_clip
     self.data = data or SyntheticTrajectories(cfg, self.mcfg, (cfg.sampling.latent_height, cfg.sampling.latent_width),
@@ -143,9 +149,10 @@ class Trainer:
     traj = next(self.data)
     clip = target_clip(step, rl.curriculum, rl.max_clip, rl.fixed_clip, cfg.seed)
     key = jax.random.fold_in(jax.random.key(cfg.seed), step)
-    text = self._encode_text(self.state.policy, traj)
-    rollout = self.engine.rollout(self.state.policy, text, traj, clip, rl.group_size, key)
-    jax.block_until_ready(rollout.x0)
+    with sharding.use_mesh(self.mesh):   # candidates over the data axes, weights FSDP
+      text = self._encode_text(self.state.policy, traj)
+      rollout = self.engine.rollout(self.state.policy, text, traj, clip, rl.group_size, key)
+      jax.block_until_ready(rollout.x0)
     t_roll = time.time()
     prev = rollout.prefix[:, :, -1:] if rollout.prefix.shape[2] else None
     scores, _ = self.reward_stage(rollout, prev)
@@ -180,9 +187,7 @@ class Trainer:
     return out
 
   def _encode_text(self, params, traj: Trajectory):
-    apply = self.apply
-    return jax.jit(lambda p, *a: apply(p, "encode_text", *a))(
-        params, jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
+    return _encode_text_fn(self.apply, params, jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
         jnp.asarray(traj.byt5_mask), jnp.asarray(traj.vision_states), jnp.zeros((1,), jnp.float32))
 
   # -- loop

@@ -591,16 +591,22 @@ def _dict_diff(a, b, prefix=""):
   return missing, extra
 
 
+@dataclasses.dataclass(frozen=True)
+class Apply:
+  """apply(state, method, *args, **kwargs): a pure call of `method` on the model rebuilt from
+  `state`. Hashable by the model's structure, so it can be a static argument of jax.jit and
+  two models of one config share compiled programs."""
+  graphdef: object
+
+  def __call__(self, state, method: str, *args, **kwargs):
+    return getattr(nnx.merge(self.graphdef, state), method)(*args, **kwargs)
+
+
 def functional(model: nnx.Module):
-  """(apply, state): apply(state, method, *args, **kwargs) is a pure function, so it can be
-  wrapped in jax.jit with explicit shardings/donation (`method` and kwargs must be static
-  python values or arrays)."""
+  """(apply, state) with apply an `Apply`: wrap it in jax.jit with explicit shardings and
+  donation (`method` and kwargs must be static python values or arrays)."""
   graphdef, state = nnx.split(model)
-
-  def apply(state, method: str, *args, **kwargs):
-    return getattr(nnx.merge(graphdef, state), method)(*args, **kwargs)
-
-  return apply, state
+  return Apply(graphdef), state
 
 
 def randomize(model: nnx.Module, seed: int = 0) -> nnx.Module:
