@@ -22,6 +22,8 @@ setup(
         "numpy>=1.26,<3",
         "absl-py>=2.0",
         "pillow>=10",
+        "tensorboardX>=2.6",
+        "tqdm>=4.60",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3"],

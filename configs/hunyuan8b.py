@@ -28,4 +28,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict(dict(text_tokens=1000, byt5_tokens=256, vision_tokens=729))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+
+  # ---- WorldCompass RL (the released training configuration)
+  c.rl = ml_collections.ConfigDict(dict(
+      total_steps=100, group_size=12, best_of_n=6, curriculum="min2max", max_clip=16, fixed_clip=1,
+      rollout_steps=40, shift=5.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0, released_v_old=False,
+      std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-5, weight_decay=1e-4, grad_clip=2.0, grad_accum=2, muon=True, muon_rms=0.2, b1=0.9, b2=0.999))
+  c.vae = ml_collections.ConfigDict(dict(checkpoint="", seed=0, block_out_channels=(128, 256, 512, 1024, 1024),
+                                         layers_per_block=2))   # checkpoint: converted HunyuanVideo-1.5 vae/
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.weights = ml_collections.ConfigDict(dict(fine_action=2.0, drift=1.0))
+  c.rewards.pose = ml_collections.ConfigDict(dict(checkpoint="", seed=0, process_res=504,
+                                                  random=dict(embed_dim=1024, depth=24, num_heads=16)))
+  c.rewards.quality = ml_collections.ConfigDict(dict(
+      checkpoint="", head_checkpoint="", seed=0,
+      random=dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=224, patch_size=14, projection_dim=768), head_dims=(768, 1024, 128, 64, 16, 1))))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=10, keep=3, async_save=True))
+  c.logging = ml_collections.ConfigDict(dict(video_every=10, progress=True))
   return c

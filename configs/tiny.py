@@ -47,4 +47,5 @@ def get_config() -> ml_collections.ConfigDict:
       random=dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=56, patch_size=14, projection_dim=16), head_dims=(16, 8, 1))))
   c.checkpoint = ml_collections.ConfigDict(dict(every=2, keep=3, async_save=True))
+  c.logging = ml_collections.ConfigDict(dict(video_every=2, progress=True))
   return c

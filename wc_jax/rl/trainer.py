@@ -26,6 +26,7 @@ from wc_jax.rewards.advantages import prepare_grpo
 from wc_jax.rewards.nft import nft_advantage, nft_sigma_schedule
 from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
+from wc_jax.rl.logging_utils import MetricsWriter, write_rollout_video
 from wc_jax.rl.optim import make_optimizer
 from wc_jax.rl.rollout import ClipRollout, ClipRolloutEngine, Trajectory
 from wc_jax.rl.update import TrainState, UpdateBatch, init_state, jitted_update, state_shardings
@@ -140,6 +141,7 @@ class Trainer:
     self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
     self.metrics_path = self.workdir / "metrics.jsonl"
     self._stop = False
+    self._media = None
 
   # -- one step
   def step(self, step: int) -> dict:
@@ -155,13 +157,14 @@ class Trainer:
       jax.block_until_ready(rollout.x0)
     t_roll = time.time()
     prev = rollout.prefix[:, :, -1:] if rollout.prefix.shape[2] else None
-    scores, _ = self.reward_stage(rollout, prev)
+    scores, frames = self.reward_stage(rollout, prev)
     scores = {k: jnp.asarray(v, jnp.float32) for k, v in scores.items()}
     t_reward = time.time()
     weights = {k: float(w) for k, w in self.reward_stage.weights.items()}
     grpo = prepare_grpo({k: v[None] for k, v in scores.items()}, weights, std_type=rl.std_type,
                         best_of_n=rl.best_of_n)
     kept = np.asarray(grpo.kept[0])
+    self._media = (frames, np.asarray(grpo.combined[0]))
     idx = np.nonzero(kept)[0]
     adv = nft_advantage({k: v[0] for k, v in grpo.advantages.items()}, weights, adv_clip_max=rl.adv_clip)
     batch = UpdateBatch(x0=rollout.x0[idx], advantage=adv[idx], cond=rollout.cond, action=rollout.action,
@@ -203,19 +206,27 @@ class Trainer:
       self.state, start = restored
       log.info("resumed from step %d", start - 1)
     prev = signal.signal(signal.SIGTERM, self._on_sigterm)
+    lcfg = self.cfg.get("logging", None)
+    video_every = int(lcfg.video_every) if lcfg is not None else 0
+    writer = MetricsWriter(self.workdir, total, start, progress=bool(lcfg.progress) if lcfg is not None else False)
     last = {}
     try:
       for step in range(start, total + 1):
         last = self.step(step)
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-          f.write(json.dumps(last) + "\n")
+        writer.write(step, last)
         log.info("step %d clip %d loss %.4f %s", step, last["clip"], last.get("loss", float("nan")),
                  {k: round(v, 4) for k, v in last.items() if k.startswith("reward/") and k.endswith("/mean")})
+        if video_every and step % video_every == 0 and self._media is not None:
+          frames, combined = self._media
+          (self.workdir / "videos").mkdir(exist_ok=True)
+          write_rollout_video(self.workdir / "videos" / f"step{step:06d}.gif", np.asarray(frames[0, 0]),
+                              frames, combined)
         if step % self.cfg.checkpoint.every == 0 or step == total or self._stop:
           self.ckpt.save(step, self.state, self.data)
         if self._stop:
           break
     finally:
+      writer.close()
       self.ckpt.wait()
       signal.signal(signal.SIGTERM, prev)
     return last
