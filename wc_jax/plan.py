@@ -6,9 +6,12 @@
 Needs libtpu (`pip install -e .[tpu]`); no TPU is used: jax.experimental.topologies describes
 the chips, XLA compiles for them, and the compiled program reports its per-chip memory and
 FLOPs. Paths:
-  ar   - the RL update's pass: a 4-latent target chunk attending to [text; 20 context latents]
-         (cache given), forward + backward w.r.t. all parameters;
-  full - base training: chunk-causal forward over context+target latents, forward + backward.
+  ar      - one DiT pass of the RL update: a 4-latent target chunk attending to [text; 20 context
+            latents] (cache given), forward + backward w.r.t. all parameters;
+  full    - base training: chunk-causal forward over context+target latents, forward + backward;
+  rollout - the RL rollout: G candidates x the Euler steps against one context cache (inference);
+  update  - the whole RL update step: train state (fp32 params, Muon/AdamW moments, policy EMA,
+            checkpoint EMA), v_old + NFT loss forward/backward over the sampled sigmas, optimizer.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, Wo
 
 _CONFIG = cli.config_flag("configs/hunyuan8b.py")
 _TOPOLOGY = cli.string_flag("topology", "v5p:2x2x4", "TPU topology name, e.g. v5p:2x2x2, v5e:4x4, v6e:2x4")
-_PATH = cli.string_flag("path", "ar", "which DiT pass to plan: ar | full")
+_PATH = cli.string_flag("path", "ar", "what to plan: ar | full | rollout | update")
 _BATCH = cli.string_flag("batch", "0", "global batch (default: one row per data-parallel group)")
 _JSON = cli.string_flag("json", "", "also write the figures to this JSON file")
 
@@ -115,9 +118,52 @@ def make_step(apply, path: str, causal: bool = True):
   return step
 
 
+def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
+  """(jitted fn, abstract args, forward FLOPs) of the rollout or the update step."""
+  from wc_jax.rl.optim import make_optimizer
+  from wc_jax.rl.rollout import _candidates_fn
+  from wc_jax.rl.update import UpdateBatch, init_state, make_update_fn, state_shardings
+  from wc_jax.rewards.nft import nft_sigma_schedule
+  from wc_jax import sampling
+  rl, s, t = cfg.rl, cfg.sampling, cfg.text
+  sds = jax.ShapeDtypeStruct
+  one = abstract_inputs(mcfg, cfg, "ar", 1)
+  c, chunk = mcfg.latent_channels, mcfg.chunk_latents
+  lat = (c, chunk, s.latent_height, s.latent_width)
+  rep = NamedSharding(mesh, P())
+  cache_shard = input_shardings(one, mesh)
+  if path == "rollout":
+    g = rl.group_size
+    args = (state, sds((g,) + lat, jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32), one["action"],
+            one["viewmats"], one["Ks"], one["text_cache"], one["ctx"], sds((rl.rollout_steps + 1,), jnp.float32))
+    cand = NamedSharding(mesh, sharding._fit(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
+    shard = (param_shard, cand, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"], rep)
+    fn = jax.jit(lambda *a: _candidates_fn(apply, *a), in_shardings=shard)
+    return fn, args, g * rl.rollout_steps
+  opt = cfg.optim
+  tx = make_optimizer(lr=opt.lr, weight_decay=opt.weight_decay, grad_clip=opt.grad_clip, grad_accum=opt.grad_accum,
+                      use_muon=opt.muon, muon_rms=opt.muon_rms, b1=opt.b1, b2=opt.b2)
+  train_state = jax.eval_shape(lambda p: init_state(p, tx, 0), state)
+  st_shard = state_shardings(train_state, param_shard, mesh)
+  k = rl.best_of_n
+  batch = UpdateBatch(sds((k,) + lat, jnp.float32), sds((k,), jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32),
+                      one["action"], one["viewmats"], one["Ks"], one["text_cache"], one["ctx"])
+  b_shard = UpdateBatch(rep, rep, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"])
+  update = make_update_fn(apply, tx, sigma_schedule=nft_sigma_schedule(rl.rollout_steps, rl.shift),
+                          sigma_fraction=rl.sigma_fraction, beta=rl.beta, adv_clip=rl.adv_clip,
+                          released_v_old=rl.released_v_old, policy_ema=tuple(rl.policy_ema),
+                          ckpt_ema_decay=rl.ckpt_ema_decay)
+  fn = jax.jit(update, in_shardings=(st_shard, b_shard), out_shardings=(st_shard, rep), donate_argnums=(0,))
+  n_sig = max(1, int(rl.rollout_steps * rl.sigma_fraction))
+  # per sigma: v_old forward + v_theta forward/backward (3x) + remat recompute (1x), K samples
+  return fn, (train_state, batch), n_sig * k * (1 + 3 + (1 if mcfg.remat_policy != "none" else 0))
+
+
 def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
   mcfg = _model_config(cfg)
   mesh = topology_mesh(topology, dict(cfg.mesh))
+  if path in ("rollout", "update"):
+    return _plan_rl(cfg, mcfg, topology, path, mesh)
   batch = batch or mesh.shape["data"] * mesh.shape["fsdp"]
   abstract = nnx.eval_shape(lambda: WorldPlayDiT(mcfg, rngs=nnx.Rngs(0)))
   apply, state = functional(abstract)
@@ -160,6 +206,40 @@ def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
       "model_tflop_per_chip": round(step_flops / 1e12, 4),
       "xla_counted_tflop_per_chip": round(flops / 1e12, 4),
       "ideal_step_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 4),
+  }
+
+
+def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
+  abstract = nnx.eval_shape(lambda: WorldPlayDiT(mcfg, rngs=nnx.Rngs(0)))
+  apply, state = functional(abstract)
+  param_shard = sharding.state_shardings(state, mesh)
+  fn, args, passes = _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard)
+  with sharding.use_mesh(mesh):
+    compiled = fn.lower(*args).compile()
+  mem = compiled.memory_analysis()
+  gib = 2 ** 30
+  chip = topology.split(":")[0]
+  chips = int(np.prod(list(mesh.shape.values())))
+  per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  s = cfg.sampling
+  tpf = (s.latent_height // mcfg.patch_size[1]) * (s.latent_width // mcfg.patch_size[2])
+  lt = cfg.text.text_tokens + cfg.text.byt5_tokens + cfg.text.vision_tokens
+  fwd = flops_lib.ar_chunk_flops(mcfg, tpf, mcfg.chunk_latents, s.max_context_frames, lt)
+  step_flops = fwd * passes / chips
+  return {
+      "topology": topology, "chips": chips, "mesh": dict(mesh.shape), "path": path,
+      "group_size": cfg.rl.group_size, "kept": cfg.rl.best_of_n, "rollout_steps": cfg.rl.rollout_steps,
+      "attention_impl": mcfg.attention_impl, "remat_policy": mcfg.remat_policy, "compute_dtype": mcfg.dtype,
+      "param_dtype": mcfg.param_dtype,
+      "per_chip_gib": {"arguments": round(mem.argument_size_in_bytes / gib, 2),
+                       "outputs": round(mem.output_size_in_bytes / gib, 2),
+                       "aliased": round(mem.alias_size_in_bytes / gib, 2),
+                       "temporaries": round(mem.temp_size_in_bytes / gib, 2), "total": round(per_chip / gib, 2)},
+      "argument_bytes_per_chip": int(mem.argument_size_in_bytes),
+      "hbm_per_chip_gib": HBM_GIB.get(chip), "fits": (per_chip / gib) <= HBM_GIB.get(chip, float("inf")),
+      "model_tflop_per_chip": round(step_flops / 1e12, 3),
+      "ideal_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 3),
   }
 
 

@@ -61,18 +61,6 @@ def cond_latents(first_latent: np.ndarray, frames: int) -> np.ndarray:
   return cond
 
 
-def broadcast_caches(text_cache: TextCache, ctx: VisionCache | None, g: int):
-  """Views of batch-1 caches as batch-g caches (jnp.broadcast_to: no copy under jit)."""
-  def b1(x, axis):
-    shape = list(x.shape)
-    shape[axis] = g
-    return jnp.broadcast_to(x, shape)
-  tc = TextCache(b1(text_cache.k, 1), b1(text_cache.v, 1), b1(text_cache.mask, 0))
-  if ctx is None:
-    return tc, None
-  return tc, VisionCache(b1(ctx.k, 2), b1(ctx.v, 2), b1(ctx.valid, 0), b1(ctx.frames, 0))
-
-
 @functools.partial(jax.jit, static_argnums=(0,))
 def _text_fn(apply, state, text):
   return apply(state, "text_cache", text)
@@ -88,15 +76,14 @@ def _context_fn(apply, state, hs, a, vm, k, tc, valid, context_timestep):
 def _candidates_fn(apply, state, noise, cond, a, vm, k, tc, ctx, sig):
   """Euler-integrates G candidates (batch of `noise`) against one broadcast context."""
   g = noise.shape[0]
-  tc_g, ctx_g = broadcast_caches(tc, ctx, g)
   bc = lambda x: jnp.broadcast_to(x, (g,) + x.shape[1:])
 
   def vel(x, t, aux):
-    st, tc_g, ctx_g = aux
+    st, tc, ctx = aux   # batch-1 caches: the model broadcasts them layer by layer
     hs = jnp.concatenate([x, bc(cond)], axis=1)
-    return apply(st, "denoise_chunk", hs, jnp.full((g, a.shape[1]), t), bc(a), bc(vm), bc(k), tc_g, ctx_g)
+    return apply(st, "denoise_chunk", hs, jnp.full((g, a.shape[1]), t), bc(a), bc(vm), bc(k), tc, ctx)
 
-  return sampling.euler(vel, noise, sig, (state, tc_g, ctx_g))
+  return sampling.euler(vel, noise, sig, (state, tc, ctx))
 
 
 class ClipRolloutEngine:

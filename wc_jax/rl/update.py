@@ -18,7 +18,6 @@ import optax
 from wc_jax.models.worldplay.model import TextCache, VisionCache
 from wc_jax.rewards.nft import nft_loss
 from wc_jax.rl.ema import ema_update, policy_decay
-from wc_jax.rl.rollout import broadcast_caches
 
 
 class TrainState(NamedTuple):
@@ -83,7 +82,7 @@ def make_update_fn(apply, tx: optax.GradientTransformation, *, sigma_schedule, s
 
   def velocity(params, batch: UpdateBatch, x_t, sigma):
     k = x_t.shape[0]
-    tc, ctx = broadcast_caches(batch.text_cache, batch.ctx, k)
+    tc, ctx = batch.text_cache, batch.ctx      # batch 1: broadcast inside each layer by the model
     bc = lambda x: jnp.broadcast_to(x, (k,) + x.shape[1:])
     hs = jnp.concatenate([x_t, bc(batch.cond)], axis=1)
     t = jnp.full((k, batch.action.shape[1]), sigma * 1000.0)

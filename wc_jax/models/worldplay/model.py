@@ -283,13 +283,16 @@ class DoubleStreamBlock(nnx.Module):
     iq, ik = apply_rope(iq, *rope), apply_rope(ik, *rope)
     self_k = jnp.stack([ik, pk])
     self_v = jnp.stack([iv, pv])
-    keys = [jnp.broadcast_to(txt_k[None], (2,) + txt_k.shape)]
-    vals = [jnp.broadcast_to(txt_v[None], (2,) + txt_v.shape)]
-    valid = [txt_mask]
+    # Caches of batch 1 serve a batch of b candidates: broadcast here, inside the layer, so
+    # only one layer's expanded K/V is ever alive (never [L, b, ...] copies of the cache).
+    bb = lambda x, axis: jnp.broadcast_to(x, x.shape[:axis] + (b,) + x.shape[axis + 1:])
+    keys = [jnp.broadcast_to(bb(txt_k, 0)[None], (2, b) + txt_k.shape[1:])]
+    vals = [jnp.broadcast_to(bb(txt_v, 0)[None], (2, b) + txt_v.shape[1:])]
+    valid = [bb(txt_mask, 0)]
     if ctx_k is not None:
-      keys.append(ctx_k)
-      vals.append(ctx_v)
-      valid.append(ctx_valid)
+      keys.append(bb(ctx_k, 1))
+      vals.append(bb(ctx_v, 1))
+      valid.append(bb(ctx_valid, 0))
     keys.append(self_k)
     vals.append(self_v)
     valid.append(jnp.ones((b, s), bool) if self_valid is None else self_valid)
@@ -470,9 +473,11 @@ class WorldPlayDiT(nnx.Module):
     cfg = self.cfg
     b = hidden_states.shape[0]
     t, h, w = self._check_video(hidden_states)
-    if cache.k.shape[0] != cfg.depth or cache.k.shape[1] != b:
+    if cache.k.shape[0] != cfg.depth or cache.k.shape[1] not in (1, b):
       raise ValueError(f"text cache is for {cache.k.shape[0]} layers / batch {cache.k.shape[1]}, "
-                       f"model has {cfg.depth} layers and the input batch is {b}")
+                       f"model has {cfg.depth} layers and the input batch is {b} (a cache of batch 1 is shared)")
+    if ctx is not None and ctx.k.shape[2] not in (1, b):
+      raise ValueError(f"context cache batch {ctx.k.shape[2]} must be 1 (shared) or the input batch {b}")
     img = self._patchify(hidden_states)
     vec = self._frame_vec(timestep, action, b, t)
     prope = self._cameras(viewmats, Ks, b, t)
@@ -514,8 +519,6 @@ class WorldPlayDiT(nnx.Module):
     The chunk's temporal RoPE index starts at the number of valid context frames.
     """
     if ctx is not None:
-      if ctx.frames.shape[0] != hidden_states.shape[0]:
-        raise ValueError(f"context cache batch {ctx.frames.shape[0]} != chunk batch {hidden_states.shape[0]}")
       # RoPE tables are shared across the batch: rows are expected to have the same context
       # length (the RL rollout's candidates all share one context).
       t_start = ctx.frames[0]
