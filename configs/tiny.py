@@ -46,6 +46,19 @@ def get_config() -> ml_collections.ConfigDict:
       checkpoint="", head_checkpoint="", seed=0,
       random=dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=56, patch_size=14, projection_dim=16), head_dims=(16, 8, 1))))
+  # trajectories (wc_jax/rl/data_source.py): synthetic_latents | records | synthetic_world
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic_latents",   # records: a TFDS set at `path` (python -m wc_jax.data.write_records)
+      path="", split="train",       # path = wc_jax.data.tfds_builder.dataset_dir(data_dir, name)
+      seed=0, shuffle=True, num_epochs=0,   # 0 = repeat forever; a finite stream ends the run
+      worker_count=0, read_threads=0,       # grain decode/render processes, prefetch threads
+      first_latent="pooled"))       # synthetic_world: "pooled" stand-in | "vae" (encode frame 0 with c.vae)
+  c.data.synthetic = ml_collections.ConfigDict(dict(   # synthetic_world; 0 = latent grid x VAE factor
+      num_examples=64, num_scenes=4, scene_seed=0, trajectory_seed=0, height=0, width=0, supersample=1))
+  # multi-host (wc_jax/distributed.py): auto = only on a multi-host TPU slice or num_processes > 1
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
+      initialization_timeout=300))
   c.checkpoint = ml_collections.ConfigDict(dict(every=2, keep=3, async_save=True))
   c.logging = ml_collections.ConfigDict(dict(video_every=2, progress=True))
   return c

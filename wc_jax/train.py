@@ -4,6 +4,12 @@
     python -m wc_jax.train --config=configs/hunyuan8b.py --workdir=gs://bucket/run --config.rl.group_size=12
 
 Resumes from the newest checkpoint in WORKDIR; SIGTERM saves and exits.
+
+Multi-host (TPU pod slices, GPU clusters): run the same command on every host. On a
+multi-host TPU slice `jax.distributed` starts from the environment; elsewhere name the
+cluster, e.g. `--config.distributed.coordinator_address=10.0.0.2:8476
+--config.distributed.num_processes=4 --config.distributed.process_id=$RANK` (see
+wc_jax/distributed.py and docs/launch.md). WORKDIR must then be shared by all hosts.
 """
 from __future__ import annotations
 
@@ -20,15 +26,19 @@ _WORKDIR = cli.string_flag("workdir", "/tmp/wc_jax_train", "checkpoints, metrics
 
 def main(argv):
   del argv
-  from wc_jax.rl.components import build_reward_stage
-  from wc_jax.rl.trainer import Trainer
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
   cfg = _CONFIG()
+  from wc_jax import distributed
+  distributed.initialize(cfg.get("distributed", None))   # before anything touches a device
+  import jax
+  from wc_jax.rl.components import build_reward_stage
+  from wc_jax.rl.trainer import Trainer
   from wc_jax.models.worldplay.config import from_config
   stage = build_reward_stage(cfg, from_config(cfg.model).latent_channels)
   trainer = Trainer(cfg, _WORKDIR(), reward_stage=stage)
   last = trainer.run()
-  print(json.dumps(last, indent=2))
+  if jax.process_index() == 0:
+    print(json.dumps(last, indent=2))
 
 
 if __name__ == "__main__":

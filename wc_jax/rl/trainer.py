@@ -26,6 +26,7 @@ from wc_jax.rewards.advantages import prepare_grpo
 from wc_jax.rewards.nft import nft_advantage, nft_sigma_schedule
 from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
+from wc_jax.rl.data_source import SyntheticTrajectories, make_data  # noqa: F401 (re-export)
 from wc_jax.rl.logging_utils import MetricsWriter, write_rollout_video
 from wc_jax.rl.optim import make_optimizer
 from wc_jax.rl.rollout import ClipRollout, ClipRolloutEngine, Trajectory
@@ -58,41 +59,22 @@ class RewardStage:
     return scores, frames
 
 
-# ----------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------- host values
 
-class SyntheticTrajectories:
-  """Deterministic stand-in data: random conditioning states + commanded trajectories.
+def _host(x) -> np.ndarray:
+  """A device array as NumPy on every process (an all-gather if other processes hold parts)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
-  State is just the index of the next example, so it checkpoints as JSON.
-  """
 
-  def __init__(self, cfg, mcfg, latent_hw: tuple[int, int], frames: int, seed: int):
-    from wc_jax.rl.trajectories import random_trajectory
-    self._cfg, self._mcfg, self._hw, self._frames, self._seed = cfg, mcfg, latent_hw, frames, seed
-    self._random_trajectory = random_trajectory
-    self.index = 0
-
-  def get_state(self) -> dict:
-    return {"index": self.index}
-
-  def set_state(self, state: dict) -> None:
-    self.index = int(state["index"])
-
-  def __next__(self) -> Trajectory:
-    rng = np.random.default_rng([self._seed, self.index])
-    self.index += 1
-    t, m = self._cfg.text, self._mcfg
-    actions, w2c = self._random_trajectory(self._frames, rng)
-    h, w = self._hw
-    return Trajectory(
-        text_states=rng.standard_normal((1, t.text_tokens, m.text_dim), np.float32),
-        text_mask=(np.arange(t.text_tokens) < max(1, t.text_tokens * 3 // 4))[None].astype(np.int32),
-        byt5_states=rng.standard_normal((1, t.byt5_tokens, m.byt5_in_dim), np.float32),
-        byt5_mask=(np.arange(t.byt5_tokens) < max(1, t.byt5_tokens // 2))[None].astype(np.int32),
-        vision_states=rng.standard_normal((1, t.vision_tokens, m.vision_dim), np.float32),
-        first_latent=rng.standard_normal((m.latent_channels, h, w)).astype(np.float32),
-        actions=actions.astype(np.float32), w2c=w2c.astype(np.float32),
-        Ks=np.tile(np.array([[0.8, 0, 0.5], [0, 1.4, 0.5], [0, 0, 1]], np.float32), (self._frames, 1, 1)))
+def _any_process(flag: bool) -> bool:
+  """True on every process when it is True on any (so that all stop at the same step)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -135,9 +117,7 @@ class Trainer:
                                 float(rl.beta), float(rl.adv_clip), bool(rl.released_v_old),
                                 tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay))
     self.reward_stage = reward_stage
-    frames = self.mcfg.chunk_latents * rl.max_clip
-    self.data = data or SyntheticTrajectories(cfg, self.mcfg, (cfg.sampling.latent_height, cfg.sampling.latent_width),
-                                              frames, cfg.seed)
+    self.data = data if data is not None else make_data(cfg, self.mcfg)
     self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
     self.metrics_path = self.workdir / "metrics.jsonl"
     self._stop = False
@@ -158,7 +138,7 @@ class Trainer:
     t_roll = time.time()
     prev = rollout.prefix[:, :, -1:] if rollout.prefix.shape[2] else None
     scores, frames = self.reward_stage(rollout, prev)
-    scores = {k: jnp.asarray(v, jnp.float32) for k, v in scores.items()}
+    scores = {k: jnp.asarray(_host(v), jnp.float32) for k, v in scores.items()}
     t_reward = time.time()
     weights = {k: float(w) for k, w in self.reward_stage.weights.items()}
     grpo = prepare_grpo({k: v[None] for k, v in scores.items()}, weights, std_type=rl.std_type,
@@ -187,11 +167,16 @@ class Trainer:
       out[f"reward/{k}/std"] = float(jnp.std(v))
       out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[idx]))
     out["advantage/kept_mean"] = float(jnp.mean(adv[idx]))
+    if getattr(traj, "id", ""):
+      out["trajectory"] = traj.id
     return out
 
   def _encode_text(self, params, traj: Trajectory):
-    return _encode_text_fn(self.apply, params, jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
-        jnp.asarray(traj.byt5_mask), jnp.asarray(traj.vision_states), jnp.zeros((1,), jnp.float32))
+    args = [jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
+            jnp.asarray(traj.byt5_mask), jnp.asarray(traj.vision_states), jnp.zeros((1,), jnp.float32)]
+    if getattr(traj, "vision_mask", None) is not None:   # records may pad the vision tokens
+      args.append(jnp.asarray(traj.vision_mask))
+    return _encode_text_fn(self.apply, params, *args)
 
   # -- loop
   def _on_sigterm(self, *_):
@@ -208,25 +193,38 @@ class Trainer:
     prev = signal.signal(signal.SIGTERM, self._on_sigterm)
     lcfg = self.cfg.get("logging", None)
     video_every = int(lcfg.video_every) if lcfg is not None else 0
-    writer = MetricsWriter(self.workdir, total, start, progress=bool(lcfg.progress) if lcfg is not None else False)
+    lead = jax.process_index() == 0          # one process writes metrics and videos
+    writer = (MetricsWriter(self.workdir, total, start, progress=bool(lcfg.progress) if lcfg is not None else False)
+              if lead else None)
+    every = self.cfg.checkpoint.every
     last = {}
     try:
       for step in range(start, total + 1):
-        last = self.step(step)
-        writer.write(step, last)
+        try:
+          last = self.step(step)
+        except StopIteration:                # a finite data stream (data.num_epochs) ran out
+          log.warning("data exhausted: stopping before step %d", step)
+          if step - 1 >= start and (step - 1) % every:
+            self.ckpt.save(step - 1, self.state, self.data)
+          break
+        if writer is not None:
+          writer.write(step, last)
         log.info("step %d clip %d loss %.4f %s", step, last["clip"], last.get("loss", float("nan")),
                  {k: round(v, 4) for k, v in last.items() if k.startswith("reward/") and k.endswith("/mean")})
         if video_every and step % video_every == 0 and self._media is not None:
           frames, combined = self._media
-          (self.workdir / "videos").mkdir(exist_ok=True)
-          write_rollout_video(self.workdir / "videos" / f"step{step:06d}.gif", np.asarray(frames[0, 0]),
-                              frames, combined)
-        if step % self.cfg.checkpoint.every == 0 or step == total or self._stop:
+          frames = _host(frames)             # every process takes part in the gather
+          if lead:
+            (self.workdir / "videos").mkdir(exist_ok=True)
+            write_rollout_video(self.workdir / "videos" / f"step{step:06d}.gif", frames[0, 0], frames, combined)
+        stop = _any_process(self._stop)      # SIGTERM may reach the processes in different steps
+        if step % every == 0 or step == total or stop:
           self.ckpt.save(step, self.state, self.data)
-        if self._stop:
+        if stop:
           break
     finally:
-      writer.close()
+      if writer is not None:
+        writer.close()
       self.ckpt.wait()
       signal.signal(signal.SIGTERM, prev)
     return last

@@ -1,0 +1,62 @@
+"""The CPU reproduction in the synthetic world (issue 6): a tiny WorldPlay DiT on a fixed
+patch latent of 32x32 frames, trained with the base objective, then WorldCompass RL with an
+IDM reward and a drift term.
+
+    python benchmarks/reproduce.py                      # everything, prints the table
+    python -m wc_jax.world.base_train --config=configs/synthetic.py --workdir=/tmp/wc_world/base
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # 24x24 frames, patch 4 -> 48-channel 6x6 latents (36 DiT tokens), one latent per frame.
+  # Tokens must carry <= hidden_size values each, or the DiT cannot even pass x_t through.
+  c.world = ml_collections.ConfigDict(dict(
+      height=24, width=24, focal=0.6, step=0.25, angle_deg=6.0, min_segment=2, max_segment=6,
+      max_pitch_deg=18.0, patch=4,
+      train_scenes=(0, 400), judge_scenes=(20000, 20400), eval_scenes=(10000, 10064),  # [first, last)
+      train_clips=1200, train_latents=12, idm_clips=1200, idm_latents=9))
+
+  c.model = ml_collections.ConfigDict(dict(
+      latent_channels=48, out_channels=48, patch_size=(1, 1, 1), hidden_size=64, heads=2, depth=2,
+      mlp_ratio=4.0, rope_dims=(8, 12, 12), rope_theta=256.0, qkv_bias=True, text_dim=32,
+      refiner_depth=1, byt5_in_dim=24, byt5_hidden_dim=48, byt5_out_dim=48, vision_dim=40,
+      chunk_latents=4, context_timestep=14.0, dtype="float32", param_dtype="float32",
+      attention_impl="xla", attention_block_kv=1024, remat_policy="none"))
+  c.model.checkpoint = ""            # set by the reproduction to the base model
+  c.model.init = "reference"
+
+  # Base training: v-prediction (target eps - x0), chunk-causal, per-chunk logit-normal
+  # sigmas with shift 3 (the reference's objective).
+  c.base = ml_collections.ConfigDict(dict(
+      steps=1500, batch_size=8, lr=1e-3, warmup=100, weight_decay=1e-4, grad_clip=1.0, timestep_shift=3.0,
+      clean_context_prob=0.5, log_every=50, ema_decay=0.995))
+
+  # memory 4 + recent 4: chunk n >= 3 sees the first chunk and the 4 latents before it,
+  # the positions base training covers (12 latents).
+  c.sampling = ml_collections.ConfigDict(dict(
+      steps=8, shift=3.0, max_context_frames=4, recent_context_frames=4, context_policy="fov",
+      chunks=3, latent_height=6, latent_width=6))
+
+  c.text = ml_collections.ConfigDict(dict(text_tokens=8, byt5_tokens=4, vision_tokens=4))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+
+  c.idm = ml_collections.ConfigDict(dict(widths=(32, 64, 96), hidden=128, steps=500, batch_size=16, lr=2e-3,
+                                         reward_seed=1, eval_seed=2))
+
+  c.rl = ml_collections.ConfigDict(dict(
+      total_steps=200, group_size=12, best_of_n=6, curriculum="min2max", max_clip=2, fixed_clip=1,
+      rollout_steps=8, shift=3.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0, released_v_old=False,
+      std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4, weight_decay=1e-4, grad_clip=2.0, grad_accum=1, muon=False, muon_rms=0.2, b1=0.9, b2=0.999))
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.weights = ml_collections.ConfigDict(dict(idm=2.0, drift=1.0))
+
+  c.eval = ml_collections.ConfigDict(dict(seeds=(0, 1, 2), trajectories=32, horizons=(1, 2, 4)))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=1, async_save=False))
+  c.logging = ml_collections.ConfigDict(dict(video_every=0, progress=False))
+  return c

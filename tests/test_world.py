@@ -1,0 +1,146 @@
+"""The synthetic-world reproduction (wc_jax.world): latent map, base objective, rewards, RL."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config
+from wc_jax.world import base_train as B
+from wc_jax.world import data as D
+from wc_jax.world import reward as R
+from wc_jax.world.latent import PatchLatent
+
+
+def micro_config():
+  """configs/synthetic.py shrunk to seconds: 16x16 frames, a 1-layer 32-wide DiT."""
+  c = load_config("synthetic")
+  c.world.height = c.world.width = 16
+  c.model.update(dict(hidden_size=32, heads=2, depth=1, rope_dims=(4, 6, 6), refiner_depth=1))
+  c.sampling.update(dict(steps=2, latent_height=4, latent_width=4))
+  c.idm.update(dict(widths=(16, 32), hidden=64, batch_size=16, lr=3e-3))
+  c.rl.update(dict(total_steps=1, group_size=4, best_of_n=2, rollout_steps=2, max_clip=2))
+  return c
+
+
+def test_latent_round_trip_is_exact():
+  x = np.random.default_rng(0).random((2, 3, 16, 24, 3)).astype(np.float32)
+  lat = PatchLatent(4).fitted(x)
+  z = lat.encode(x)
+  assert z.shape == (2, 48, 3, 4, 6)
+  np.testing.assert_allclose(np.asarray(z).std(), 1.0, atol=0.05)
+  np.testing.assert_allclose(np.asarray(lat.decode(z)), x, atol=1e-5)
+  assert PatchLatent.from_dict(lat.to_dict()) == lat
+
+
+def test_latent_bad_inputs():
+  with pytest.raises(ValueError, match="multiples of 4"):
+    PatchLatent(4).encode(np.zeros((1, 2, 10, 16, 3)))
+  with pytest.raises(ValueError, match=r"\[..., 48, F, h, w\]"):
+    PatchLatent(4).decode(np.zeros((1, 12, 2, 4, 4)))
+  with pytest.raises(ValueError, match="mean needs 48 values"):
+    PatchLatent(4, mean=(0.0,))
+
+
+def test_trajectories_agree_with_rendered_motion():
+  wc = B.world_config(micro_config())
+  c = D.make_clips(2, 9, [0, 1], 5, wc)
+  assert c.frames.shape == (2, 9, 16, 16, 3) and c.actions[:, 0].tolist() == [0, 0]
+  assert (c.actions[:, 1:] != 0).all()           # every later latent commands a motion
+  assert np.abs(np.diff(c.frames, axis=1)).mean() > 0.02
+  with pytest.raises(ValueError, match="num_latents must be >= 1"):
+    D.random_trajectory(0, 0)
+
+
+def test_base_objective_decreases():
+  cfg = micro_config()
+  from flax import nnx
+  from wc_jax.models.worldplay.config import from_config
+  from wc_jax.models.worldplay.model import WorldPlayDiT, functional
+  import optax
+  clips = D.make_clips(4, 8, [0, 1], 0, B.world_config(cfg))
+  lat = PatchLatent(4).fitted(clips.frames)
+  x0 = lat.encode(clips.frames)
+  mcfg = from_config(cfg.model)
+  apply, params = functional(WorldPlayDiT(mcfg, rngs=nnx.Rngs(0)))
+  loss_fn = B.make_loss(apply, mcfg, shift=3.0, clean_context_prob=0.5, context_timestep=14.0)
+  states = D.conditioning(mcfg, cfg.text)
+  tx = optax.adam(1e-2)
+  key = jax.random.key(0)
+
+  @jax.jit
+  def step(p, o):
+    def f(p):
+      batch = (x0, B.build_cond(x0[:, :, 0], 8), jnp.asarray(clips.actions, jnp.float32), jnp.asarray(clips.w2c),
+               jnp.asarray(clips.Ks), B.encode_text_tokens(apply, p, states))
+      return loss_fn(p, batch, key)
+    loss, g = jax.value_and_grad(f)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss
+
+  opt = tx.init(params)
+  losses = []
+  for _ in range(6):
+    params, opt, loss = step(params, opt)
+    losses.append(float(loss))
+  # one fixed batch, noise and sigmas: the objective must go down step after step
+  assert np.isfinite(losses).all() and (np.diff(losses) < 0).all() and losses[-1] < 0.95 * losses[0], losses
+
+
+def test_chunk_sigmas_are_shifted_logit_normal():
+  s = np.asarray(B.chunk_sigmas(jax.random.key(0), 4000, 3, 3.0))
+  assert s.shape == (4000, 3) and 0 < s.min() and s.max() < 1
+  assert abs(np.median(s) - 0.75) < 0.03          # sigmoid(0) = 0.5 shifted by 3 -> 0.75
+
+
+@pytest.fixture(scope="module")
+def trained_idm():
+  """A small IDM fitted on ground truth at 24x24 (the IDM reads any frame size)."""
+  cfg = micro_config()
+  cfg.world.height = cfg.world.width = 24
+  clips = D.make_clips(64, 6, range(8), 100, B.world_config(cfg))
+  model, _ = R.train_idm(clips.frames, clips.actions, cfg, seed=0, steps=150, log=lambda s: None)
+  return cfg, model
+
+
+def test_reward_prefers_the_commanded_action(trained_idm):
+  cfg, idm = trained_idm
+  held = D.make_clips(12, 5, range(50, 56), 900, B.world_config(cfg))
+  stage = R.make_reward_stage(PatchLatent(4), idm, {"idm": 2.0, "drift": 1.0})
+  frames = jnp.asarray(held.frames)
+  right = stage.rewards["idm"](frames, frames[0, 0], jnp.asarray(held.actions[0]))
+  # each clip scored against its own commands vs another clip's commands
+  own = np.array([float(stage.rewards["idm"](frames[i:i + 1], frames[i, 0], jnp.asarray(held.actions[i]))[0])
+                  for i in range(12)])
+  other = np.array([float(stage.rewards["idm"](frames[i:i + 1], frames[i, 0],
+                                                jnp.asarray(held.actions[(i + 1) % 12]))[0]) for i in range(12)])
+  assert right.shape == (12,)
+  assert own.mean() > other.mean() + 0.3, (own.mean(), other.mean())
+  # drift: a blurred clip drifts from its sharp first frame
+  blur = jnp.asarray(held.frames.reshape(12, 5, 12, 2, 12, 2, 3).mean((3, 5)).repeat(2, 2).repeat(2, 3))
+  sharp = stage.rewards["drift"](frames, frames[0, 0], None)
+  blurred = stage.rewards["drift"](blur.at[:, 0].set(frames[:, 0]), frames[0, 0], None)
+  assert float(sharp.mean()) > float(blurred.mean())
+
+
+def test_reward_bad_inputs(trained_idm):
+  cfg, idm = trained_idm
+  with pytest.raises(ValueError, match="unknown rewards"):
+    R.make_reward_stage(PatchLatent(4), idm, {"idm": 1.0, "hps": 1.0})
+  with pytest.raises(ValueError, match=r"need frames \[N,L,H,W,3\] and actions \[N,L\]"):
+    R.train_idm(np.zeros((2, 3, 16, 16, 3)), np.zeros((2, 4), np.int32), cfg, seed=0, steps=1)
+
+
+def test_one_rl_step_with_the_world_stage(trained_idm, tmp_path):
+  from wc_jax.rl.trainer import Trainer
+  _, idm = trained_idm
+  cfg = micro_config()
+  cfg.model.init = "random"
+  cfg.rl.update(dict(max_clip=1, rollout_steps=1))   # one compiled rollout program: seconds, not minutes
+  lat = PatchLatent(4)
+  data = D.WorldTrajectories(lat, cfg.model, cfg.text, 4, [0, 1], 0, B.world_config(cfg))
+  trainer = Trainer(cfg, str(tmp_path), reward_stage=R.make_reward_stage(lat, idm, {"idm": 2.0, "drift": 1.0}),
+                    data=data)
+  out = trainer.run()
+  assert out["step"] == 1 and out["kept"] == 2 and np.isfinite(out["loss"])
+  assert -10.0 <= out["reward/idm/mean"] <= 0.0 and out["reward/drift/mean"] <= 0.0
+  assert data.get_state() == {"index": 1}

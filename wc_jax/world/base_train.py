@@ -1,0 +1,188 @@
+"""Base training of the tiny WorldPlay DiT on ground-truth clips of the synthetic world.
+
+The reference's objective: flow matching with v-prediction (target = eps - x0,
+x_t = (1 - sigma) x0 + sigma eps, t = 1000 sigma), the chunk-causal mask (a chunk sees
+text and chunks <= itself), and one logit-normal sigma per chunk, shifted by 3.
+
+One addition for autoregressive use at this scale (`base.clean_context_prob`): with that
+probability a sample trains one chunk k >= 2 against clean earlier chunks tagged with the
+context timestep, exactly what `context_cache` feeds the model at inference; those
+context chunks carry no loss. With 0 the objective is the reference's alone.
+
+    python -m wc_jax.world.base_train --config=configs/synthetic.py --workdir=/tmp/wc_world/base
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from wc_jax.models.worldplay.config import from_config
+from wc_jax.models.worldplay.model import WorldPlayDiT, functional
+from wc_jax.world import data as D
+from wc_jax.world.latent import PatchLatent
+
+
+def world_config(cfg) -> D.WorldConfig:
+  w = cfg.world
+  return D.WorldConfig(height=w.height, width=w.width, focal=w.focal, step=w.step, angle_deg=w.angle_deg,
+                       min_segment=w.min_segment, max_segment=w.max_segment, max_pitch_deg=w.max_pitch_deg)
+
+
+def scene_range(pair) -> range:
+  a, b = pair
+  return range(int(a), int(b))
+
+
+def load_or_make_clips(path: pathlib.Path, num: int, latents: int, scenes, seed: int, wcfg) -> D.Clips:
+  """Renders (or reloads) a clip set; rendering is deterministic, the file only saves time."""
+  if path.exists():
+    z = np.load(path)
+    if z["frames"].shape[:2] == (num, latents):
+      return D.Clips(z["frames"], z["actions"], z["w2c"], z["Ks"], z["scenes"])
+  c = D.make_clips(num, latents, scenes, seed, wcfg)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, frames=c.frames, actions=c.actions, w2c=c.w2c, Ks=c.Ks, scenes=c.scenes)
+  return c
+
+
+def chunk_sigmas(key, batch: int, chunks: int, shift: float):
+  """Per-chunk logit-normal sigma, shifted: s u / (1 + (s - 1) u), u = sigmoid(N(0, 1))."""
+  u = jax.nn.sigmoid(jax.random.normal(key, (batch, chunks)))
+  return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def make_loss(apply, mcfg, *, shift: float, clean_context_prob: float, context_timestep: float):
+  chunk = mcfg.chunk_latents
+
+  def loss_fn(params, batch, key):
+    x0, cond, action, w2c, ks, text = batch
+    b, _, t = x0.shape[:3]
+    n = t // chunk
+    k_sig, k_eps, k_mode, k_tgt = jax.random.split(key, 4)
+    sig = chunk_sigmas(k_sig, b, n, shift)                                   # [B, n]
+    # clean-context samples: chunks < k are clean context at the context timestep
+    clean = jax.random.uniform(k_mode, (b,)) < clean_context_prob
+    tgt = jax.random.randint(k_tgt, (b,), 1, max(n, 2))
+    is_ctx = clean[:, None] & (jnp.arange(n)[None] < tgt[:, None])             # [B, n]
+    sig_in = jnp.where(is_ctx, 0.0, sig)
+    sig_lat = jnp.repeat(sig_in, chunk, axis=1)                              # [B, T]
+    timestep = jnp.where(jnp.repeat(is_ctx, chunk, axis=1), context_timestep, 1000.0 * sig_lat)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    s5 = sig_lat[:, None, :, None, None]
+    x_t = (1.0 - s5) * x0 + s5 * eps
+    hs = jnp.concatenate([x_t, cond], axis=1)
+    tt = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:]), text)
+    v = apply(params, "forward", hs, timestep, tt, action=action, viewmats=w2c, Ks=ks, causal=True)
+    err = jnp.mean(jnp.square(v - (eps - x0)), axis=(1, 3, 4))                # [B, T]
+    w = 1.0 - jnp.repeat(is_ctx, chunk, axis=1).astype(jnp.float32)
+    return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+  return loss_fn
+
+
+def build_cond(first, t: int):
+  """[B, C, h, w] first-frame latents -> [B, C+1, T, h, w] i2v condition (as rollout.cond_latents)."""
+  b, c, h, w = first.shape
+  cond = jnp.zeros((b, c + 1, t, h, w), jnp.float32)
+  cond = cond.at[:, :c, 0].set(first)
+  return cond.at[:, c, 0].set(1.0)
+
+
+def encode_text_tokens(apply, params, cond_states: dict):
+  return apply(params, "encode_text", jnp.asarray(cond_states["text_states"]), jnp.asarray(cond_states["text_mask"]),
+               jnp.asarray(cond_states["byt5_states"]), jnp.asarray(cond_states["byt5_mask"]),
+               jnp.asarray(cond_states["vision_states"]), jnp.zeros((1,), jnp.float32))
+
+
+def save_params(params, out: pathlib.Path, cfg, extra: dict | None = None) -> None:
+  from wc_jax.convert.common import save_orbax
+  save_orbax(nnx.to_pure_dict(params), out, {"kind": "worldplay_dit", "model_config": cfg.model.to_dict(),
+                                             **(extra or {})})
+
+
+def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None = None, log=print) -> dict:
+  """Trains the base model; writes workdir/{latent.json, model/, base_metrics.jsonl}. Returns a summary."""
+  wd = pathlib.Path(workdir)
+  wd.mkdir(parents=True, exist_ok=True)
+  bc, w = cfg.base, cfg.world
+  steps = int(steps if steps is not None else bc.steps)
+  wcfg = world_config(cfg)
+  t0 = time.time()
+  if clips is None:
+    clips = load_or_make_clips(wd / "train_clips.npz", w.train_clips, w.train_latents, scene_range(w.train_scenes),
+                               cfg.seed * 100000, wcfg)
+  latent = PatchLatent(w.patch).fitted(clips.frames[: min(256, len(clips.frames))])
+  (wd / "latent.json").write_text(json.dumps(latent.to_dict()))
+  x0_all = np.asarray(latent.encode(clips.frames))                          # [N, C, T, h, w]
+  t_data = time.time() - t0
+  mcfg = from_config(cfg.model)
+  model = WorldPlayDiT(mcfg, rngs=nnx.Rngs(cfg.seed))
+  apply, params = functional(model)
+  loss_fn = make_loss(apply, mcfg, shift=float(bc.timestep_shift), clean_context_prob=float(bc.clean_context_prob),
+                      context_timestep=float(mcfg.context_timestep))
+  sched = optax.warmup_cosine_decay_schedule(0.0, bc.lr, min(bc.warmup, max(1, steps // 5)), max(steps, 2), bc.lr * 0.1)
+  tx = optax.chain(optax.clip_by_global_norm(bc.grad_clip), optax.adamw(sched, weight_decay=bc.weight_decay))
+  opt_state = tx.init(params)
+  ema = jax.tree.map(jnp.array, params)
+  cond_states = D.conditioning(mcfg, cfg.text)
+
+  @jax.jit
+  def step_fn(params, opt_state, ema, x0, actions, w2c, ks, key):
+    def full_loss(p):
+      tx_tokens = encode_text_tokens(apply, p, cond_states)
+      cond = build_cond(x0[:, :, 0], x0.shape[2])
+      return loss_fn(p, (x0, cond, actions, w2c, ks, tx_tokens), key)
+    loss, g = jax.value_and_grad(full_loss)(params)
+    upd, opt_state = tx.update(g, opt_state, params)
+    params = optax.apply_updates(params, upd)
+    ema = jax.tree.map(lambda e, p: bc.ema_decay * e + (1 - bc.ema_decay) * p, ema, params)
+    return params, opt_state, ema, loss, optax.global_norm(g)
+
+  rng = np.random.default_rng(cfg.seed)
+  key = jax.random.key(cfg.seed)
+  hist = []
+  metrics = open(wd / "base_metrics.jsonl", "w")
+  t1 = time.time()
+  for s in range(1, steps + 1):
+    idx = rng.choice(len(x0_all), bc.batch_size, replace=False)
+    key, sub = jax.random.split(key)
+    params, opt_state, ema, loss, gn = step_fn(params, opt_state, ema, jnp.asarray(x0_all[idx]),
+                                               jnp.asarray(clips.actions[idx], jnp.float32),
+                                               jnp.asarray(clips.w2c[idx]), jnp.asarray(clips.Ks[idx]), sub)
+    hist.append(float(loss))
+    if s % bc.log_every == 0 or s == steps:
+      rec = {"step": s, "loss": float(np.mean(hist[-bc.log_every:])), "grad_norm": float(gn),
+             "time": time.time() - t1}
+      metrics.write(json.dumps(rec) + "\n")
+      metrics.flush()
+      log(f"base step {s}/{steps} loss {rec['loss']:.4f} ({rec['time']:.0f}s)")
+  metrics.close()
+  if steps > 0:
+    # EMA weights early in a short run are mostly the random init: use them only once warm.
+    final = ema if steps >= 5 / (1 - bc.ema_decay) else params
+    save_params(final, wd / "model", cfg, {"steps": steps})
+  return {"losses": hist, "time_data": t_data, "time_train": time.time() - t1, "latent": latent}
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  cfg = flags.FLAGS.config
+  out = train(cfg, flags.FLAGS.workdir)
+  print(f"base training: {len(out['losses'])} steps, final loss {np.mean(out['losses'][-50:]):.4f}, "
+        f"{out['time_train']:.0f}s")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/synthetic.py", "config file")
+  flags.DEFINE_string("workdir", "/tmp/wc_world/base", "output folder")
+  app.run(main)
