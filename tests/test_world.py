@@ -32,6 +32,23 @@ def test_latent_round_trip_is_exact():
   assert PatchLatent.from_dict(lat.to_dict()) == lat
 
 
+def test_global_latent_scale_keeps_the_energy_of_each_frequency():
+  # a smooth image: the DC channels carry far more energy than the high frequencies
+  yy, xx = np.meshgrid(np.linspace(0, 1, 16), np.linspace(0, 1, 24), indexing="ij")
+  rng = np.random.default_rng(1)
+  x = np.stack([0.5 + 0.4 * (np.sin(2 * xx + a) * np.cos(3 * yy + b))[..., None] * np.array([1.0, 0.8, 0.6])
+                for a, b in rng.random((6, 2)) * 6]).reshape(2, 3, 16, 24, 3).astype(np.float32)
+  per_channel, shared = PatchLatent(4).fitted(x), PatchLatent(4).fitted(x, scale="global")
+  assert len(set(shared.std)) == 1 and len(set(per_channel.std)) > 1
+  z = np.asarray(shared.encode(x))
+  np.testing.assert_allclose(np.sqrt(np.mean(z.var(axis=(0, 2, 3, 4)))), 1.0, rtol=1e-3)
+  energy = z.var(axis=(0, 2, 3, 4))
+  assert energy[0] > 20 * energy[15]          # DC vs the highest frequency of red
+  np.testing.assert_allclose(np.asarray(shared.decode(shared.encode(x))), x, atol=1e-5)
+  with pytest.raises(ValueError, match="scale must be 'channel' or 'global'"):
+    PatchLatent(4).fitted(x, scale="pixel")
+
+
 def test_latent_bad_inputs():
   with pytest.raises(ValueError, match="multiples of 4"):
     PatchLatent(4).encode(np.zeros((1, 2, 10, 16, 3)))
@@ -84,6 +101,34 @@ def test_base_objective_decreases():
     losses.append(float(loss))
   # one fixed batch, noise and sigmas: the objective must go down step after step
   assert np.isfinite(losses).all() and (np.diff(losses) < 0).all() and losses[-1] < 0.95 * losses[0], losses
+
+
+def test_label_noise_shows_chunks_the_labels_of_another_clip():
+  """label_noise = p: about a fraction p of chunks see the (rolled) labels of another clip."""
+  seen = {}
+
+  def fake_apply(params, name, hs, timestep, text, *, action, **kw):
+    seen["action"] = action
+    return jnp.zeros(hs.shape[:1] + (hs.shape[1] - 49,) + hs.shape[2:])
+
+  class M:
+    chunk_latents = 4
+
+  b, t = 64, 12
+  actions = jnp.asarray(np.random.default_rng(0).integers(1, 81, (b, t)), jnp.float32)
+  x0 = jnp.zeros((b, 48, t, 2, 2))
+  batch = (x0, B.build_cond(x0[:, :, 0], t), actions, None, None, {})
+  for p in (0.0, 0.5):
+    B.make_loss(fake_apply, M, shift=3.0, clean_context_prob=0.0, context_timestep=14.0,
+                label_noise=p)(None, batch, jax.random.key(1))
+    got = np.asarray(seen["action"]).reshape(b, 3, 4)
+    want, rolled = np.asarray(actions).reshape(b, 3, 4), np.roll(np.asarray(actions), 1, 0).reshape(b, 3, 4)
+    same = (got == want).all(-1)
+    assert ((got == want).all(-1) | (got == rolled).all(-1)).all()   # whole chunks, true or another clip's
+    frac = 1 - same.mean()
+    assert (frac == 0) if p == 0 else (0.4 < frac < 0.6), (p, frac)
+  with pytest.raises(ValueError, match=r"label_noise must be in \[0, 1\)"):
+    B.make_loss(fake_apply, M, shift=3.0, clean_context_prob=0.0, context_timestep=14.0, label_noise=1.0)
 
 
 def test_chunk_sigmas_are_shifted_logit_normal():

@@ -32,7 +32,8 @@ from wc_jax.world.latent import PatchLatent
 def world_config(cfg) -> D.WorldConfig:
   w = cfg.world
   return D.WorldConfig(height=w.height, width=w.width, focal=w.focal, step=w.step, angle_deg=w.angle_deg,
-                       min_segment=w.min_segment, max_segment=w.max_segment, max_pitch_deg=w.max_pitch_deg)
+                       min_segment=w.min_segment, max_segment=w.max_segment, max_pitch_deg=w.max_pitch_deg,
+                       supersample=int(w.get("supersample", 1)))
 
 
 def scene_range(pair) -> range:
@@ -58,14 +59,23 @@ def chunk_sigmas(key, batch: int, chunks: int, shift: float):
   return shift * u / (1.0 + (shift - 1.0) * u)
 
 
-def make_loss(apply, mcfg, *, shift: float, clean_context_prob: float, context_timestep: float):
+def make_loss(apply, mcfg, *, shift: float, clean_context_prob: float, context_timestep: float,
+              label_noise: float = 0.0):
+  """The base objective. `label_noise`: probability that a chunk is shown the action labels
+  of another clip of the batch (mislabelled data, as when labels come from a pose
+  estimator); the model then follows its labels only part of the time."""
   chunk = mcfg.chunk_latents
+  if not 0.0 <= label_noise < 1.0:
+    raise ValueError(f"make_loss: label_noise must be in [0, 1), got {label_noise}")
 
   def loss_fn(params, batch, key):
     x0, cond, action, w2c, ks, text = batch
     b, _, t = x0.shape[:3]
     n = t // chunk
-    k_sig, k_eps, k_mode, k_tgt = jax.random.split(key, 4)
+    k_sig, k_eps, k_mode, k_tgt, k_lab = jax.random.split(key, 5)
+    if label_noise > 0.0:
+      wrong = jnp.repeat(jax.random.uniform(k_lab, (b, n)) < label_noise, chunk, axis=1)   # [B, T]
+      action = jnp.where(wrong, jnp.roll(action, 1, axis=0), action)
     sig = chunk_sigmas(k_sig, b, n, shift)                                   # [B, n]
     # clean-context samples: chunks < k are clean context at the context timestep
     clean = jax.random.uniform(k_mode, (b,)) < clean_context_prob
@@ -118,7 +128,7 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   if clips is None:
     clips = load_or_make_clips(wd / "train_clips.npz", w.train_clips, w.train_latents, scene_range(w.train_scenes),
                                cfg.seed * 100000, wcfg)
-  latent = PatchLatent(w.patch).fitted(clips.frames[: min(256, len(clips.frames))])
+  latent = PatchLatent(w.patch).fitted(clips.frames[: min(256, len(clips.frames))], scale=w.get("latent_scale", "channel"))
   (wd / "latent.json").write_text(json.dumps(latent.to_dict()))
   x0_all = np.asarray(latent.encode(clips.frames))                          # [N, C, T, h, w]
   t_data = time.time() - t0
@@ -126,7 +136,7 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   model = WorldPlayDiT(mcfg, rngs=nnx.Rngs(cfg.seed))
   apply, params = functional(model)
   loss_fn = make_loss(apply, mcfg, shift=float(bc.timestep_shift), clean_context_prob=float(bc.clean_context_prob),
-                      context_timestep=float(mcfg.context_timestep))
+                      context_timestep=float(mcfg.context_timestep), label_noise=float(bc.get("label_noise", 0.0)))
   sched = optax.warmup_cosine_decay_schedule(0.0, bc.lr, min(bc.warmup, max(1, steps // 5)), max(steps, 2), bc.lr * 0.1)
   tx = optax.chain(optax.clip_by_global_norm(bc.grad_clip), optax.adamw(sched, weight_decay=bc.weight_decay))
   opt_state = tx.init(params)

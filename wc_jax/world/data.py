@@ -39,6 +39,7 @@ class WorldConfig:
   min_segment: int = 2
   max_segment: int = 6
   max_pitch_deg: float = 18.0     # pitch turns back before exceeding this
+  supersample: int = 1            # s x s rays per pixel (anti-aliasing: distant checkers stay smooth)
 
 
 def intrinsics(cfg: WorldConfig) -> np.ndarray:
@@ -78,7 +79,8 @@ def _pixel_k(cfg: WorldConfig) -> np.ndarray:
 def render(scene_seed: int, tr: T.Trajectory, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
   """Ground-truth frames [L, H, W, 3] float32 in [0, 1], one per latent pose."""
   scene = sw.make_scene(int(scene_seed))
-  return sw.render(scene, tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg)).frames
+  return sw.render(scene, tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg),
+                   supersample=cfg.supersample).frames
 
 
 def conditioning(model_cfg, text_cfg, seed: int = 0) -> dict:
@@ -114,7 +116,8 @@ def make_clips(num: int, num_latents: int, scene_seeds, trajectory_seed: int,
     if s not in cache:
       cache[s] = sw.make_scene(int(s))
     tr = random_trajectory(trajectory_seed + i, num_latents, cfg)
-    frames.append(sw.render(cache[s], tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg)).frames)
+    frames.append(sw.render(cache[s], tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg),
+                            supersample=cfg.supersample).frames)
     actions.append(tr.actions)
     w2c.append(tr.w2c)
     scenes.append(s)

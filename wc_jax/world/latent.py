@@ -94,11 +94,18 @@ class PatchLatent:
     x = (x.reshape(*lead, f, h * p, w * p, 3) + 1.0) / 2.0
     return jnp.clip(x, 0.0, 1.0) if clip else x
 
-  def fitted(self, frames) -> "PatchLatent":
-    """The same map with per-channel statistics of `frames` (so latents are about unit scale)."""
+  def fitted(self, frames, scale: str = "channel") -> "PatchLatent":
+    """The same map with statistics of `frames`: per-channel means, and either a std per
+    channel ("channel": every DCT frequency at unit scale) or one shared std ("global":
+    unit scale on average, frequencies keep their natural energy, so the noise is
+    isotropic in pixel space and the loss weights a frequency by how much it shows)."""
+    if scale not in ("channel", "global"):
+      raise ValueError(f"PatchLatent.fitted: scale must be 'channel' or 'global', got {scale!r}")
     z = np.asarray(PatchLatent(self.patch)._raw(frames))
     z = np.moveaxis(z, -4, 0).reshape(self.channels, -1)
     std = np.maximum(z.std(1), 1e-2)
+    if scale == "global":
+      std = np.full_like(std, np.sqrt(np.mean(z.var(1))))
     return PatchLatent(self.patch, tuple(float(v) for v in z.mean(1)), tuple(float(v) for v in std))
 
   def to_dict(self) -> dict:
