@@ -150,6 +150,23 @@ def test_supersampling_keeps_depth_and_smooths_colour():
   assert 0 < np.abs(a.frames - b.frames).mean() < 0.1
 
 
+def test_detail_fades_texture_but_keeps_the_layout():
+  """detail < 1: same geometry (depth) and mean colours, less high-frequency texture."""
+  tr = T.random_trajectory(0, 2)
+  full = sw.render_trajectory(sw.make_scene(3), tr, 24, 24)
+  default = sw.render_trajectory(sw.make_scene(3, detail=1.0), tr, 24, 24)
+  smooth = sw.render_trajectory(sw.make_scene(3, detail=0.0), tr, 24, 24)
+  np.testing.assert_allclose(default.frames, full.frames, atol=1e-6)
+  np.testing.assert_array_equal(smooth.depth, full.depth)
+
+  def grad(f):   # mean absolute image gradient: the texture energy
+    return np.abs(np.diff(f, axis=1)).mean() + np.abs(np.diff(f, axis=2)).mean()
+
+  assert grad(smooth.frames) < 0.8 * grad(full.frames)
+  assert abs(smooth.frames.mean() - full.frames.mean()) < 0.03
+  assert sw.make_scene(3, detail=0.0).ground_cell == pytest.approx(3 * sw.make_scene(3).ground_cell)
+
+
 def test_clip_renders_fast_on_cpu():
   tr = T.random_trajectory(2, 17)          # 65 frames
   t0 = time.perf_counter()
@@ -168,6 +185,7 @@ def test_clip_renders_fast_on_cpu():
     (lambda: sw.make_scene(-1), "make_scene: seed must be a non-negative integer, got -1"),
     (lambda: sw.make_scene(0, room_half=2.0), r"make_scene: room_half \(2.0\) must exceed clear_radius \+ 1"),
     (lambda: sw.make_scene(0, num_boxes=-1), "make_scene: object counts must be >= 0"),
+    (lambda: sw.make_scene(0, detail=1.5), r"make_scene: detail must be in \[0, 1\], got 1.5"),
     (lambda: sw.with_boxes(sw.plane_scene(), (0, 0, 0), (1, -1, 1)), "with_boxes: need lo < hi"),
     (lambda: sw.pooled_latent(np.zeros((8, 8)), 4, 4), r"pooled_latent: frame must be \[H,W,3\]"),
     (lambda: sw.pooled_latent(np.zeros((8, 8, 3)), 4, 16), "smaller than factor 16"),

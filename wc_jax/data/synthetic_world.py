@@ -52,6 +52,7 @@ class Scene:
   sun: np.ndarray                 # [3] unit vector towards the light
   sky_colors: np.ndarray          # [2,3] horizon, zenith
   sky_bands: int                  # azimuthal bands of the sky pattern
+  detail: float = 1.0             # surface-texture contrast in [0, 1] (grain, noise, bricks)
 
   @property
   def num_boxes(self) -> int:
@@ -68,7 +69,7 @@ class Scene:
 
 
 def make_scene(seed: int, *, num_boxes: int | None = None, num_spheres: int | None = None,
-               room_half: float | None = None, clear_radius: float = 1.5) -> Scene:
+               room_half: float | None = None, clear_radius: float = 1.5, detail: float = 1.0) -> Scene:
   """A random scene; the same seed always gives the same scene.
 
   Args:
@@ -77,9 +78,15 @@ def make_scene(seed: int, *, num_boxes: int | None = None, num_spheres: int | No
     room_half: half-width of the walled square (default 7..10).
     clear_radius: no object closer than this to the start camera (the origin,
       measured in the ground plane), so the first frames see the scene.
+    detail: surface-texture strength in [0, 1]. 1 is the full world; lower values fade
+      the grain, object noise and bricks towards their mean and widen the floor
+      checkers by up to 3x (same layout and colours), a world of large, smooth regions
+      for models too small to generate fine texture. Same seed, same random draws.
   """
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"make_scene: seed must be a non-negative integer, got {seed!r}")
+  if not 0.0 <= float(detail) <= 1.0:
+    raise ValueError(f"make_scene: detail must be in [0, 1], got {detail!r}")
   rng = np.random.default_rng([int(seed), 0x5CE4E])
   nb = int(rng.integers(4, 9)) if num_boxes is None else int(num_boxes)
   ns = int(rng.integers(2, 6)) if num_spheres is None else int(num_spheres)
@@ -138,11 +145,11 @@ def make_scene(seed: int, *, num_boxes: int | None = None, num_spheres: int | No
       sphere_radius=np.asarray(radii, np.float64),
       sphere_color=np.asarray(scol, np.float64).reshape(-1, 3),
       ground_colors=np.stack([_random_color(rng) * 0.5 + 0.35, _random_color(rng) * 0.4 + 0.1]),
-      ground_cell=float(rng.uniform(0.4, 0.8)),
+      ground_cell=float(rng.uniform(0.4, 0.8)) * (3.0 - 2.0 * float(detail)),
       texture_freq=rng.uniform(2.0, 5.0, len(lo) + ns),
       sun=sun / np.linalg.norm(sun),
       sky_colors=np.array([[0.85, 0.9, 1.0], rng.uniform([0.2, 0.35, 0.7], [0.4, 0.55, 0.95])]),
-      sky_bands=int(rng.integers(5, 11)))
+      sky_bands=int(rng.integers(5, 11)), detail=float(detail))
 
 
 def plane_scene(ground_y: float = 1.5) -> Scene:
@@ -327,7 +334,7 @@ def _shade(scene: Scene, o, d, t, ids, normal):
     cell = np.floor(p[g][:, [0, 2]] / scene.ground_cell).astype(np.int64)
     check = (cell[:, 0] + cell[:, 1]) % 2
     grain = _value_noise(p[g] * 4.0, scene.seed)
-    col[g] = scene.ground_colors[check] * (0.75 + 0.35 * grain[:, None])
+    col[g] = scene.ground_colors[check] * (0.925 + 0.35 * scene.detail * (grain[:, None] - 0.5))
   ob = ~g
   if ob.any():
     k = idh[ob] - 1
@@ -337,7 +344,7 @@ def _shade(scene: Scene, o, d, t, ids, normal):
     q = np.floor(pb * scene.texture_freq[k][:, None]).astype(np.int64)
     check3 = ((q[:, 0] + q[:, 1] + q[:, 2]) % 2).astype(np.float64)
     noise = _value_noise(pb * 3.0 + 17.0 * k[:, None], scene.seed + 1)
-    shade = 0.7 + 0.15 * check3 + 0.25 * noise
+    shade = 0.9 + scene.detail * (0.15 * (check3 - 0.5) + 0.25 * (noise - 0.5))
     wall = walls[k]
     if wall.any():
       pw, nw = pb[wall], nh[ob][wall]
@@ -347,7 +354,7 @@ def _shade(scene: Scene, o, d, t, ids, normal):
       col_i = np.floor(u)
       mortar = (np.abs(pw[:, 1] / 0.25 - row - 0.5) > 0.42) | (np.abs(u - col_i - 0.5) > 0.45)
       brick = 0.75 + 0.35 * _hash01(row, col_i, k[wall])
-      shade[wall] = np.where(mortar, 0.55, brick)
+      shade[wall] = 0.85 + scene.detail * (np.where(mortar, 0.55, brick) - 0.85)
     col[ob] = colors[k] * shade[:, None]
   lambert = np.clip(np.sum(nh * scene.sun, -1), 0, 1)
   rgb[hit] = np.clip(col * (0.45 + 0.6 * lambert[:, None]), 0, 1)

@@ -33,7 +33,7 @@ def world_config(cfg) -> D.WorldConfig:
   w = cfg.world
   return D.WorldConfig(height=w.height, width=w.width, focal=w.focal, step=w.step, angle_deg=w.angle_deg,
                        min_segment=w.min_segment, max_segment=w.max_segment, max_pitch_deg=w.max_pitch_deg,
-                       supersample=int(w.get("supersample", 1)))
+                       supersample=int(w.get("supersample", 1)), detail=float(w.get("detail", 1.0)))
 
 
 def scene_range(pair) -> range:

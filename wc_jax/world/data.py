@@ -40,6 +40,7 @@ class WorldConfig:
   max_segment: int = 6
   max_pitch_deg: float = 18.0     # pitch turns back before exceeding this
   supersample: int = 1            # s x s rays per pixel (anti-aliasing: distant checkers stay smooth)
+  detail: float = 1.0             # surface-texture strength of the scenes (synthetic_world.make_scene)
 
 
 def intrinsics(cfg: WorldConfig) -> np.ndarray:
@@ -78,7 +79,7 @@ def _pixel_k(cfg: WorldConfig) -> np.ndarray:
 
 def render(scene_seed: int, tr: T.Trajectory, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
   """Ground-truth frames [L, H, W, 3] float32 in [0, 1], one per latent pose."""
-  scene = sw.make_scene(int(scene_seed))
+  scene = sw.make_scene(int(scene_seed), detail=cfg.detail)
   return sw.render(scene, tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg),
                    supersample=cfg.supersample).frames
 
@@ -114,7 +115,7 @@ def make_clips(num: int, num_latents: int, scene_seeds, trajectory_seed: int,
   for i in range(num):
     s = scene_seeds[i % len(scene_seeds)]
     if s not in cache:
-      cache[s] = sw.make_scene(int(s))
+      cache[s] = sw.make_scene(int(s), detail=cfg.detail)
     tr = random_trajectory(trajectory_seed + i, num_latents, cfg)
     frames.append(sw.render(cache[s], tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg),
                             supersample=cfg.supersample).frames)
