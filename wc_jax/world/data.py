@@ -4,7 +4,8 @@ the CPU reproduction.
 Why its own generator: at 32 x 32 pixels the reference's 0.1 / 2 degree steps move
 the image by about half a pixel per latent, below what any model can see. Here a
 latent moves `step` (default 0.25) or turns `angle_deg` (default 6 degrees, about two
-pixels), in segments of 2..6 latents of one primitive. Labels come from the poses
+pixels; configs/synthetic.py uses 0.5 and 15 degrees, about one 4-pixel latent token),
+in segments of 2..6 latents of one primitive. Labels come from the poses
 with the dataset rule (`trajectories.gt_labels`), so commanded labels, cameras and
 rendered frames always agree.
 """
