@@ -160,11 +160,12 @@ def test_reward_prefers_the_commanded_action(trained_idm):
                                                 jnp.asarray(held.actions[(i + 1) % 12]))[0]) for i in range(12)])
   assert right.shape == (12,)
   assert own.mean() > other.mean() + 0.3, (own.mean(), other.mean())
-  # drift: a blurred clip drifts from its sharp first frame
+  # drift: a clip blurred after its sharp first frame drifts more than the clip itself
   blur = jnp.asarray(held.frames.reshape(12, 5, 12, 2, 12, 2, 3).mean((3, 5)).repeat(2, 2).repeat(2, 3))
-  sharp = stage.rewards["drift"](frames, frames[0, 0], None)
-  blurred = stage.rewards["drift"](blur.at[:, 0].set(frames[:, 0]), frames[0, 0], None)
-  assert float(sharp.mean()) > float(blurred.mean())
+  blur = blur.at[:, 0].set(frames[:, 0])
+  sharp = np.array([float(stage.rewards["drift"](frames[i:i + 1], frames[i, 0], None)[0]) for i in range(12)])
+  blurred = np.array([float(stage.rewards["drift"](blur[i:i + 1], frames[i, 0], None)[0]) for i in range(12)])
+  assert sharp.mean() > blurred.mean() + 0.05 and (sharp > blurred).mean() >= 0.75, (sharp, blurred)
 
 
 def test_reward_bad_inputs(trained_idm):
