@@ -9,24 +9,23 @@ jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _shared_dir() -> pathlib.Path:
-  """shared/ sits beside the checkout (../shared) or inside it; WC_JAX_SHARED overrides."""
-  env = os.environ.get("WC_JAX_SHARED")
-  candidates = [pathlib.Path(env)] if env else []
-  candidates += [REPO / "shared", REPO.parent / "shared"]
-  for c in candidates:
-    if (c / "fixtures").is_dir():
-      return c
-  return candidates[-1]
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
-  d = _shared_dir() / "fixtures"
+  """The reference fixtures committed under tests/fixtures (see tests/fixtures/PROVENANCE.md).
+
+  WC_JAX_FIXTURES=/path/to/fixtures runs the same tests against another fixture root
+  with the same layout (worldplay/dit, rewards/labels, ...).
+  """
+  env = os.environ.get("WC_JAX_FIXTURES")
+  d = pathlib.Path(env).expanduser() if env else FIXTURES
   if not d.is_dir():
-    pytest.fail(f"reference fixtures not found (looked for {d}); set WC_JAX_SHARED")
+    where = f"WC_JAX_FIXTURES={env}" if env else "the repository's tests/fixtures"
+    pytest.fail(f"reference fixtures not found: {d} ({where}) is not a directory. "
+                "They are part of the repository; restore tests/fixtures "
+                "(e.g. `git checkout -- tests/fixtures`) or point WC_JAX_FIXTURES at a fixture root.")
   return d
 
 

@@ -1,5 +1,6 @@
 """The RL trainer: curriculum, EMAs, optimizer, clip-level rollout, NFT update, checkpoints."""
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +149,16 @@ def test_killed_run_resumes_exactly(tmp_path):
   ref_lines = [json.loads(l) for l in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [1, 2, 3]
   assert lines[2]["loss"] == ref_lines[2]["loss"]
+
+
+def test_finished_run_says_nothing_to_do_and_writes_nothing(tmp_path, caplog):
+  cfg = micro_config()
+  Trainer(cfg, str(tmp_path), reward_stage=latent_reward_stage()).run(1)
+  before = {p: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
+  with caplog.at_level(logging.INFO, logger="wc_jax.train"):
+    assert Trainer(cfg, str(tmp_path), reward_stage=latent_reward_stage()).run(1) == {}
+  assert "nothing to do: already at step 1 (rl.total_steps=1; raise it to train further)" in caplog.messages
+  assert {p: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()} == before   # no new TensorBoard file
 
 
 def test_sigterm_saves_and_stops(tmp_path):

@@ -105,6 +105,14 @@ def _explicit_kwargs(s: dict) -> dict:
   return kwargs
 
 
+def validate(cfg) -> None:
+  """Raises ValueError naming the first bad `distributed` setting (reads no environment)."""
+  s = _section(cfg)
+  if s["initialize"] not in MODES:
+    raise ValueError(f"distributed.initialize must be one of {MODES}, got {s['initialize']!r}")
+  _explicit_kwargs(s)
+
+
 def _host_count(value: str | None) -> int:
   return len([h for h in (value or "").split(",") if h.strip()])
 

@@ -15,9 +15,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, logging
-
-from wc_jax import cli, sampling
+from wc_jax import cli, run_config, sampling
+from wc_jax.progress import phase
 from wc_jax.context import sphere_points
 from wc_jax.models.worldplay.config import DiTConfig, from_config
 from wc_jax.models.worldplay.model import build, functional, load_params, randomize
@@ -63,18 +62,22 @@ def write_gif(latents: np.ndarray, path: pathlib.Path, scale: int = 8) -> None:
 
 
 def run(cfg, workdir: str) -> dict:
+  run_config.validate(cfg, required=run_config.GENERATE_SECTIONS)
+  run_config.check_workdir(workdir)
   mcfg = from_config(cfg.model)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  model = build(mcfg, seed=cfg.seed)
-  if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
-    randomize(model, cfg.seed)   # the reference zero-inits output layers: a fresh model predicts v = 0
+  with phase("building the WorldPlay DiT", f"{mcfg.hidden_size} wide, {mcfg.depth} blocks"):
+    model = build(mcfg, seed=cfg.seed)
+    if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
+      randomize(model, cfg.seed)   # the reference zero-inits output layers: a fresh model predicts v = 0
   if cfg.model.checkpoint:
     from wc_jax.convert.common import load_orbax
-    params, meta = load_orbax(cfg.model.checkpoint)
-    if meta.get("kind") != "dit":
-      raise ValueError(f"{cfg.model.checkpoint} holds a {meta.get('kind')} checkpoint, not a DiT")
-    load_params(model, params)
+    with phase("loading the DiT checkpoint", cfg.model.checkpoint):
+      params, meta = load_orbax(cfg.model.checkpoint)
+      if meta.get("kind") != "dit":
+        raise ValueError(f"{cfg.model.checkpoint} holds a {meta.get('kind')} checkpoint, not a DiT")
+      load_params(model, params)
+  workdir.mkdir(parents=True, exist_ok=True)
   apply, state = functional(model)
   rng = np.random.default_rng(cfg.seed)
   s = cfg.sampling
@@ -91,11 +94,12 @@ def run(cfg, workdir: str) -> dict:
                                                              "byt5_text_states", "byt5_text_mask",
                                                              "vision_states")), jnp.zeros((1,)))
   t0 = time.time()
-  out = sampling.ar_rollout(apply, state, latents=latents, cond_latents=cond, viewmats=w2c[None], Ks=Ks,
-                            action=labels[None], text=text, sig=sampling.sigmas(s.steps, s.shift),
-                            points_local=sphere_points(50000, 8.0, seed=cfg.seed), chunk=mcfg.chunk_latents,
-                            memory_frames=s.max_context_frames, recent=s.recent_context_frames,
-                            context_timestep=mcfg.context_timestep)
+  with phase("sampling", f"{s.chunks} chunks x {s.steps} steps"):
+    out = sampling.ar_rollout(apply, state, latents=latents, cond_latents=cond, viewmats=w2c[None], Ks=Ks,
+                              action=labels[None], text=text, sig=sampling.sigmas(s.steps, s.shift),
+                              points_local=sphere_points(50000, 8.0, seed=cfg.seed), chunk=mcfg.chunk_latents,
+                              memory_frames=s.max_context_frames, recent=s.recent_context_frames,
+                              context_timestep=mcfg.context_timestep)
   secs = time.time() - t0
   np.savez(workdir / "latents.npz", latents=out.latents, viewmats=w2c, actions=labels)
   write_gif(out.latents, workdir / "latents.gif")
@@ -107,12 +111,12 @@ def run(cfg, workdir: str) -> dict:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   summary = run(_CONFIG(), _WORKDIR())
-  logging.info("generation summary: %s", summary)
   print(json.dumps(summary, indent=2))
   print(f"wrote {_WORKDIR()}/latents.npz, latents.gif, summary.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -22,11 +22,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from wc_jax import cli, sharding
+from wc_jax import cli, run_config, sharding
+from wc_jax.progress import phase
 from wc_jax.models.worldplay import flops as flops_lib
 from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
 
@@ -44,6 +44,13 @@ def topology_mesh(topology: str, mesh_cfg: dict) -> Mesh:
   import os
   # AOT only: several processes (tests, a training run) may load libtpu side by side.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from wc_jax.distributed import local_tpu_chips
+  if local_tpu_chips() == 0:
+    # no TPU here: libtpu would ask the GCE metadata server for the slice and print an
+    # alarming 'unexpected worker hostname' block. AOT needs neither (the topology is named).
+    for var, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                       ("TPU_ACCELERATOR_TYPE", "v5p-8")):
+      os.environ.setdefault(var, value)
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   return sharding.make_mesh(mesh_cfg, devices=topo.devices)
@@ -159,9 +166,20 @@ def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
   return fn, (train_state, batch), n_sig * k * (1 + 3 + (1 if mcfg.remat_policy != "none" else 0))
 
 
+PATHS = ("ar", "full", "rollout", "update")
+
+
 def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
+  if path not in PATHS:
+    raise run_config.ConfigError("--path", path, f"must be one of {PATHS}")
+  run_config.validate(cfg, required=run_config.PLAN_SECTIONS + (("rl", "optim") if path in ("rollout", "update")
+                                                                  else ()))
   mcfg = _model_config(cfg)
-  mesh = topology_mesh(topology, dict(cfg.mesh))
+  with phase("describing the topology", topology):
+    try:
+      mesh = topology_mesh(topology, dict(cfg.mesh))
+    except RuntimeError as e:   # XlaRuntimeError: unknown topology name
+      raise run_config.ConfigError("--topology", topology, str(e).splitlines()[0]) from None
   if path in ("rollout", "update"):
     return _plan_rl(cfg, mcfg, topology, path, mesh)
   batch = batch or mesh.shape["data"] * mesh.shape["fsdp"]
@@ -174,7 +192,7 @@ def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
   with sharding.use_mesh(mesh):
     jitted = jax.jit(step, in_shardings=(param_shard, in_shard),
                      out_shardings=(NamedSharding(mesh, P()), param_shard))
-    compiled = jitted.lower(state, inputs).compile()
+    compiled = _compile(jitted, (state, inputs), topology, f"{path} pass")
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -209,13 +227,21 @@ def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
   }
 
 
+def _compile(fn, args, topology: str, what: str):
+  """Lower and XLA-compile with progress lines (the 8B programs take minutes; Ctrl-C stops)."""
+  with phase(f"lowering the {what}"):
+    lowered = fn.lower(*args)
+  with phase(f"compiling the {what} for {topology}", "XLA, minutes for the 8B model"):
+    return lowered.compile()
+
+
 def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
   abstract = nnx.eval_shape(lambda: WorldPlayDiT(mcfg, rngs=nnx.Rngs(0)))
   apply, state = functional(abstract)
   param_shard = sharding.state_shardings(state, mesh)
   fn, args, passes = _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard)
   with sharding.use_mesh(mesh):
-    compiled = fn.lower(*args).compile()
+    compiled = _compile(fn, args, topology, f"RL {path}")
   mem = compiled.memory_analysis()
   gib = 2 ** 30
   chip = topology.split(":")[0]
@@ -244,7 +270,8 @@ def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   out = plan(_CONFIG(), _TOPOLOGY(), _PATH(), int(_BATCH()))
   print(json.dumps(out, indent=2))
   if _JSON():
@@ -254,4 +281,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

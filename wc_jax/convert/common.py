@@ -133,6 +133,14 @@ def unflatten(flat: Mapping[str, object], sep: str = "/") -> dict:
   return out
 
 
+def _umask_mode(path: pathlib.Path) -> None:
+  """safetensors writes 0600 (a private temp file renamed into place); give the file the mode any
+  other output gets (0666 minus the umask), like config.json beside it."""
+  mask = os.umask(0)
+  os.umask(mask)
+  os.chmod(path, 0o666 & ~mask)
+
+
 def save_torch_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str | os.PathLike,
                            config: dict, filename: str = "diffusion_pytorch_model.safetensors",
                            max_shard_bytes: int | None = None) -> list[pathlib.Path]:
@@ -144,6 +152,7 @@ def save_torch_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str | os.
   items = [(k, np.ascontiguousarray(v)) for k, v in tensors.items()]
   if not max_shard_bytes:
     save_file(dict(items), str(out_dir / filename))
+    _umask_mode(out_dir / filename)
     return [out_dir / filename]
   shards, cur, size = [], {}, 0
   for k, v in items:
@@ -159,6 +168,7 @@ def save_torch_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str | os.
   for i, shard in enumerate(shards):
     name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
     save_file(shard, str(out_dir / name))
+    _umask_mode(out_dir / name)
     paths.append(out_dir / name)
     weight_map.update({k: name for k in shard})
   with open(out_dir / f"{filename}.index.json", "w", encoding="utf-8") as f:

@@ -39,6 +39,7 @@ from wc_jax.rewards import _checks
 
 STD_TYPES = ("global", "group", "group_max")
 _STD_ALIASES = {"sample": "group", "sample_max": "group_max"}
+STD_TYPE_NAMES = STD_TYPES + tuple(_STD_ALIASES)   # every accepted `std_type`, reference names included
 EPS = 1e-8
 
 

@@ -3,17 +3,25 @@ rollout videos (first-frame context + candidates, best and worst labelled)."""
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 import numpy as np
 
 
+def strict_json(metrics: dict) -> dict:
+  """NaN and +-inf -> None, so that every line is JSON (json.dumps would write bare NaN)."""
+  return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
 class MetricsWriter:
   """Writes every step's scalars to metrics.jsonl and TensorBoard (tensorboardX)."""
 
-  def __init__(self, workdir: pathlib.Path, total_steps: int, start: int = 1, progress: bool = True):
+  def __init__(self, workdir: pathlib.Path, total_steps: int, start: int = 1, progress: bool = True,
+               nan_as_null: bool = True):
     from tensorboardX import SummaryWriter
     self.jsonl = workdir / "metrics.jsonl"
+    self.nan_as_null = nan_as_null        # False: Python's json (bare NaN, not valid JSON)
     self.tb = SummaryWriter(str(workdir / "tensorboard"))
     self.bar = None
     if progress:
@@ -22,7 +30,7 @@ class MetricsWriter:
 
   def write(self, step: int, metrics: dict) -> None:
     with open(self.jsonl, "a", encoding="utf-8") as f:
-      f.write(json.dumps(metrics) + "\n")
+      f.write(json.dumps(strict_json(metrics) if self.nan_as_null else metrics) + "\n")
     for k, v in metrics.items():
       if isinstance(v, (int, float)) and np.isfinite(v):
         self.tb.add_scalar(k, v, step)

@@ -5,6 +5,7 @@ is what `python -m wc_jax.train` calls.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wc_jax import sharding
+from wc_jax import run_config, sharding
+from wc_jax.progress import phase, size_note
 from wc_jax.models.worldplay.config import from_config
 from wc_jax.models.worldplay.model import WorldPlayDiT, functional, load_params, randomize
 from wc_jax.rewards.advantages import prepare_grpo
@@ -77,6 +79,12 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
+def _tqdm_logging():
+  """Our log lines printed above the progress bar instead of through it."""
+  from tqdm.contrib.logging import logging_redirect_tqdm
+  return logging_redirect_tqdm(loggers=[logging.getLogger("wc_jax")])
+
+
 # ----------------------------------------------------------------------------- trainer
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -88,27 +96,34 @@ class Trainer:
 
   def __init__(self, cfg, workdir: str, *, reward_stage: RewardStage | None = None, data: Iterator | None = None,
                mesh=None):
+    run_config.validate(cfg, required=("model", "sampling", "text", "mesh", "rl", "optim", "checkpoint"))
+    run_config.check_workdir(str(workdir))
     self.cfg = cfg
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
     self.mcfg = from_config(cfg.model)
     self.mesh = mesh or sharding.make_mesh(dict(cfg.mesh))
-    model = WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(cfg.seed))
-    if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
-      randomize(model, cfg.seed)
+    abstract = nnx.eval_shape(lambda: WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(0)))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract)))
+    with phase("building the WorldPlay DiT",
+               size_note(n_params, np.dtype(self.mcfg.param_dtype).itemsize, jax.default_backend())):
+      model = WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(cfg.seed))
+      if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
+        randomize(model, cfg.seed)
     if cfg.model.checkpoint:
       from wc_jax.convert.common import load_orbax
-      params, _ = load_orbax(cfg.model.checkpoint)
-      load_params(model, params)
+      with phase("loading the DiT checkpoint", cfg.model.checkpoint):
+        params, _ = load_orbax(cfg.model.checkpoint)
+        load_params(model, params)
     self.apply, params = functional(model)
     rl, opt = cfg.rl, cfg.optim
     self.tx = make_optimizer(lr=opt.lr, weight_decay=opt.weight_decay, grad_clip=opt.grad_clip,
                              grad_accum=opt.grad_accum, use_muon=opt.muon, muon_rms=opt.muon_rms, b1=opt.b1, b2=opt.b2)
-    self.param_shardings = sharding.state_shardings(params, self.mesh)
-    params = jax.device_put(params, self.param_shardings)
-    state = init_state(params, self.tx, cfg.seed)
-    self.state_shardings = state_shardings(state, self.param_shardings, self.mesh)
-    self.state = jax.device_put(state, self.state_shardings)
+    with phase("placing the train state on the mesh", f"{dict(self.mesh.shape)}"):
+      self.param_shardings = sharding.state_shardings(params, self.mesh)
+      params = jax.device_put(params, self.param_shardings)
+      state = init_state(params, self.tx, cfg.seed)
+      self.state_shardings = state_shardings(state, self.param_shardings, self.mesh)
+      self.state = jax.device_put(state, self.state_shardings)
     self.engine = ClipRolloutEngine(self.apply, chunk=self.mcfg.chunk_latents, steps=rl.rollout_steps,
                                     shift=rl.shift, memory_frames=cfg.sampling.max_context_frames,
                                     recent=cfg.sampling.recent_context_frames,
@@ -118,6 +133,7 @@ class Trainer:
                                 tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay))
     self.reward_stage = reward_stage
     self.data = data if data is not None else make_data(cfg, self.mcfg)
+    self.workdir.mkdir(parents=True, exist_ok=True)    # only once the config was found valid
     self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
     self.metrics_path = self.workdir / "metrics.jsonl"
     self._stop = False
@@ -185,19 +201,33 @@ class Trainer:
 
   def run(self, total_steps: int | None = None) -> dict:
     total = total_steps or self.cfg.rl.total_steps
-    restored = self.ckpt.restore_latest(self.state, self.data)
-    start = 1
-    if restored is not None:
-      self.state, start = restored
-      log.info("resumed from step %d", start - 1)
+    start, restored = 1, None
+    if self.ckpt.latest_step() is not None:
+      with phase("restoring the newest checkpoint", f"step {self.ckpt.latest_step()}"):
+        restored = self.ckpt.restore_latest(self.state, self.data)
+      if restored is not None:
+        self.state, start = restored
+        log.info("resumed from step %d", start - 1)
+    if start > total:
+      log.info("nothing to do: already at step %d (rl.total_steps=%d; raise it to train further)", start - 1, total)
+      self.ckpt.wait()
+      return {}
     prev = signal.signal(signal.SIGTERM, self._on_sigterm)
     lcfg = self.cfg.get("logging", None)
     video_every = int(lcfg.video_every) if lcfg is not None else 0
+    progress = bool(lcfg.progress) if lcfg is not None else False
     lead = jax.process_index() == 0          # one process writes metrics and videos
-    writer = (MetricsWriter(self.workdir, total, start, progress=bool(lcfg.progress) if lcfg is not None else False)
+    log.info("training steps %d..%d; step %d compiles the rollout, reward and update programs first",
+             start, total, start)
+    writer = (MetricsWriter(self.workdir, total, start, progress=progress,
+                            nan_as_null=bool(lcfg.get("nan_as_null", True)) if lcfg is not None else True)
               if lead else None)
+    step_level = logging.DEBUG if progress and lead else logging.INFO   # the bar shows them
     every = self.cfg.checkpoint.every
     last = {}
+    console = contextlib.ExitStack()
+    if writer is not None and writer.bar is not None:
+      console.enter_context(_tqdm_logging())
     try:
       for step in range(start, total + 1):
         try:
@@ -209,7 +239,7 @@ class Trainer:
           break
         if writer is not None:
           writer.write(step, last)
-        log.info("step %d clip %d loss %.4f %s", step, last["clip"], last.get("loss", float("nan")),
+        log.log(step_level, "step %d clip %d loss %.4f %s", step, last["clip"], last.get("loss", float("nan")),
                  {k: round(v, 4) for k, v in last.items() if k.startswith("reward/") and k.endswith("/mean")})
         if video_every and step % video_every == 0 and self._media is not None:
           frames, combined = self._media
@@ -223,6 +253,7 @@ class Trainer:
         if stop:
           break
     finally:
+      console.close()
       if writer is not None:
         writer.close()
       self.ckpt.wait()

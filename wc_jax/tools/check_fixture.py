@@ -70,7 +70,7 @@ def run(path, only=None, tol_scale: float = 1.0, out=sys.stdout):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m wc_jax.tools.check_fixture", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("dir", type=pathlib.Path, help="a fixture folder (e.g. shared/fixtures/worldplay/dit)")
+  p.add_argument("dir", type=pathlib.Path, help="a fixture folder (e.g. tests/fixtures/worldplay/dit)")
   p.add_argument("--only", nargs="*", default=None, help="check only these named cases")
   p.add_argument("--tol-scale", type=float, default=1.0, help="multiply every tolerance by this")
   args = p.parse_args(argv)

@@ -3,7 +3,7 @@
 The presets follow the reference package's `configs/da3-{small,base,large,giant}.yaml`
 (depth-anything-3 0.1.1) and the DINOv2 ViT sizes they name. A reference config is
 either an HF checkpoint's `{"model_name": "da3-giant", ...}` or a dump with an
-`architecture` section (as in shared/fixtures/rewards/da3_tiny/config.json).
+`architecture` section (as in tests/fixtures/rewards/da3_tiny/config.json).
 """
 from __future__ import annotations
 
