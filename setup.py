@@ -26,7 +26,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "import-linter>=2.1,<3", "ruff>=0.14,<0.18"],
         "tpu": ["jax[tpu]>=0.7,<0.11"],
     },
 )

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config
-from wc_jax import progress, run_config
+from wc_jax import progress
+from wc_jax.rl import config as run_config
 from wc_jax.rl.logging_utils import MetricsWriter, strict_json
 
 
@@ -91,7 +92,7 @@ def test_shipped_configs_are_valid():
     ("model.heads", 3, "model = '...': hidden_size 64 must be divisible by heads 3"),
     ("model.checkpoint", "/no/such/ckpt", "model.checkpoint = '/no/such/ckpt': no such file or folder"),
     ("model.dtype", "fp8", "model.dtype = 'fp8': must be one of ('float32', 'bfloat16', 'float16')"),
-    ("sampling.recent_context_frames", 30, "must be <= sampling.max_context_frames (20)"),
+    ("sampling.recent_context_frames", -1, "sampling.recent_context_frames = -1: must be an integer >= 0"),
     ("sampling.shift", 0.0, "sampling.shift = 0.0: must be a finite number > 0"),
     ("rl.std_type", "batch", "rl.std_type = 'batch': must be one of ('global', 'group', 'group_max', 'sample'"),
     ("rl.curriculum", "max2min", "rl.curriculum = 'max2min': must be one of ('min2max', 'fixed', 'random')"),

@@ -1,6 +1,5 @@
 """WorldPlay DiT: parity with the reference fixture, conversion, sharding, caches, errors."""
 import json
-import pathlib
 import shutil
 
 import jax
@@ -8,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from wc_jax import sharding
 from wc_jax.convert import __main__ as convert_cli
-from wc_jax.convert.common import ConversionError
 from wc_jax.fixtures import dit as dit_fixture
 from wc_jax.models.worldplay.config import DiTConfig
 from wc_jax.models.worldplay.model import VisionCache, build, functional

@@ -8,7 +8,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from wc_jax.convert.common import ConversionError
-from wc_jax.models.quality import ClipVisionConfig, load_scorer, save_scorer, scorer_params
+from wc_jax.convert.quality import load_scorer, save_scorer, scorer_params
+from wc_jax.models.quality import ClipVisionConfig
 from wc_jax.models.quality.clip import CLIP_MEAN, CLIP_STD
 from wc_jax.rewards import (embedding_similarity_reward, quality_drift_reward, quality_reward,
                             scored_frame_indices)
@@ -278,9 +279,9 @@ class _Unhashable:
 
 
 def test_more_bad_inputs(ckpt, tmp_path):
-  from wc_jax.models.quality import AestheticHeadConfig, ClipAestheticScorer, build_scorer
+  from wc_jax.convert.quality import build_scorer, head_layout, torch_to_params
+  from wc_jax.models.quality import AestheticHeadConfig, ClipAestheticScorer
   from wc_jax.models.quality.clip import ClipVisionTower, preprocess
-  from wc_jax.models.quality.convert import head_layout, torch_to_params
   gen = np.zeros((4, 4, 4, 3), np.float32)
   with pytest.raises(ValueError, match="need offset >= 0 and stride >= 1, got offset=0 stride=0"):
     embedding_similarity_reward(gen, gen, _mean_pixel_encoder, stride=0)
@@ -317,3 +318,22 @@ def test_more_bad_inputs(ckpt, tmp_path):
   params["head"]["layers"].pop(2)
   with pytest.raises(ConversionError, match="do not match the scorer's structure"):
     build_scorer(mc, params)
+
+
+def test_clip_scorer_orbax_round_trip_through_load_model(scorer, tmp_path):
+  """HF folder -> `python -m wc_jax.convert` Orbax -> load_model, and back to HF, exactly."""
+  from safetensors.numpy import load_file
+  from wc_jax.convert import __main__ as convert_cli
+  from wc_jax.convert import kinds, load_model
+  save_scorer(scorer, tmp_path / "hf")
+  assert convert_cli.main(["--torch", str(tmp_path / "hf"), "--out", str(tmp_path / "orbax")]) == 0
+  for path in (tmp_path / "hf", tmp_path / "orbax"):
+    jax.tree.map(np.testing.assert_array_equal, scorer_params(scorer),
+                 scorer_params(load_model(kinds.CLIP_AESTHETIC, path)))
+  with pytest.raises(ConversionError, match=r"holds a 'clip_aesthetic' checkpoint, not a 'da3' one"):
+    load_model(kinds.DA3, tmp_path / "orbax")
+  assert convert_cli.main(["--orbax", str(tmp_path / "orbax"), "--to-torch", str(tmp_path / "back")]) == 0
+  want, got = load_file(str(tmp_path / "hf" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+  assert set(want) == set(got)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from wc_jax.models.quality import AestheticHeadConfig, random_scorer, tiny_config
+from wc_jax.convert.quality import random_scorer
+from wc_jax.models.quality import AestheticHeadConfig, tiny_config
 from wc_jax.rewards import (candidate_sharding, interaction_reward, nft_loss, prepare_grpo,
                             quality_drift_reward, score_candidates)
 from wc_jax.sharding import make_mesh

@@ -5,7 +5,6 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from optax.contrib import MuonDimensionNumbers
 
@@ -15,7 +14,8 @@ from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
 from wc_jax.rl.ema import ema_update, policy_decay
 from wc_jax.rl.optim import make_optimizer, muon_dims
-from wc_jax.rl.trainer import RewardStage, Trainer
+from wc_jax.rewards.stage import RewardStage
+from wc_jax.rl.trainer import Trainer
 
 
 def micro_config():

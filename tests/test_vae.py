@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from wc_jax.convert import __main__ as convert_cli
+from wc_jax.convert import kinds, load_model
 from wc_jax.convert import registry
 from wc_jax.convert import vae as convert_vae
 from wc_jax.convert.common import ConversionError
@@ -137,7 +138,7 @@ def test_tiled_decode_blends_neighbouring_tiles():
 def test_sharded_batch_equals_unsharded(vae_dir, model, data):
   inputs, outputs = data
   mesh = make_mesh({"data": 2, "fsdp": 2, "context": 2})
-  sharded = V.load(vae_dir, mesh=mesh, precision="highest")  # placed by logical names while converting
+  sharded = load_model(kinds.VAE, vae_dir, mesh=mesh, precision="highest")  # placed by logical names while converting
   kernel = sharded.decoder.conv_in.conv.kernel.get_value()
   assert kernel.sharding.spec == P(None, None, None, None, "fsdp")
   z = np.concatenate([outputs["mean"], inputs["z_random"]])
@@ -168,7 +169,7 @@ def test_conversion_round_trip_bit_exact(vae_dir, tmp_path, dtype):
     assert back[k].dtype == want.dtype and back[k].shape == want.shape, k
     assert np.array_equal(_bits(back[k]), _bits(want)), k
   assert json.loads((torch_dir / "config.json").read_text()) == json.loads((vae_dir / "config.json").read_text())
-  loaded = V.load(orbax_dir)
+  loaded = load_model(kinds.VAE, orbax_dir)
   kernel = np.asarray(loaded.encoder.conv_in.conv.kernel.get_value())
   assert kernel.dtype == (ml_dtypes.bfloat16 if dtype else np.float32)
   assert np.array_equal(_bits(kernel), _bits(np.transpose(back["encoder.conv_in.conv.weight"], (2, 3, 4, 1, 0))))

@@ -190,3 +190,49 @@ def test_one_rl_step_with_the_world_stage(trained_idm, tmp_path):
   assert out["step"] == 1 and out["kept"] == 2 and np.isfinite(out["loss"])
   assert -10.0 <= out["reward/idm/mean"] <= 0.0 and out["reward/drift/mean"] <= 0.0
   assert data.get_state() == {"index": 1}
+
+
+def _bits(a):
+  a = np.ascontiguousarray(np.asarray(a))
+  return a.view(np.uint8)
+
+
+@pytest.mark.parametrize("refiner_depth", [1, 2])
+def test_base_checkpoint_loads_and_exports_like_a_converted_dit(tmp_path, capsys, refiner_depth):
+  """base_train's checkpoint is an ordinary "dit" checkpoint: load_model reads it, and
+  `python -m wc_jax.convert --orbax ... --to-torch` exports it (and back, bit-exactly) when
+  the reference constructor can express the architecture; otherwise it says what it cannot."""
+  from flax import nnx
+  from wc_jax.convert import __main__ as convert_cli
+  from wc_jax.convert import kinds, load_model
+  from wc_jax.convert.common import ConversionError
+  from wc_jax.models.worldplay.config import from_config
+  from wc_jax.models.worldplay.model import WorldPlayDiT, functional, randomize
+  cfg = micro_config()
+  cfg.model.refiner_depth = refiner_depth
+  model = randomize(WorldPlayDiT(from_config(cfg.model), rngs=nnx.Rngs(0)), 0)
+  _, params = functional(model)
+  B.save_params(params, tmp_path / "model", cfg, {"steps": 3})
+  want = nnx.to_flat_state(nnx.state(model, nnx.Param))
+
+  def same_weights(m):
+    got = dict(nnx.to_flat_state(nnx.state(m, nnx.Param)))
+    assert len(got) == len(want)
+    for k, v in want:
+      assert np.array_equal(_bits(got[k].get_value()), _bits(v.get_value())), k
+
+  loaded = load_model(kinds.DIT, tmp_path / "model")
+  assert loaded.cfg == from_config(cfg.model)
+  same_weights(loaded)
+  with pytest.raises(ConversionError, match=r"holds a 'dit' checkpoint, not a 'vae' one"):
+    load_model(kinds.VAE, tmp_path / "model")
+  if refiner_depth == 1:   # configs/synthetic.py: the reference hard-codes a 2-block token refiner
+    assert convert_cli.main(["--orbax", str(tmp_path / "model"), "--to-torch", str(tmp_path / "torch")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be exported as a reference checkpoint" in err
+    assert "refiner_depth=1 (a reference config.json can only mean 2)" in err
+    return
+  assert convert_cli.main(["--orbax", str(tmp_path / "model"), "--to-torch", str(tmp_path / "torch")]) == 0
+  assert convert_cli.main(["--torch", str(tmp_path / "torch"), "--out", str(tmp_path / "again")]) == 0
+  same_weights(load_model(kinds.DIT, tmp_path / "again"))
+  same_weights(load_model(kinds.DIT, tmp_path / "torch"))   # a reference folder loads directly too

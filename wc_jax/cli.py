@@ -3,7 +3,7 @@ checking, a quiet console, and one-line errors for bad input.
 
 Several entry points are importable as libraries; absl flags are process-global, so each
 flag is defined once, whoever asks first. `run(main)` replaces `absl.app.run(main)`:
-flag and config problems, and `run_config.ConfigError`s raised by `main`, end the process
+flag and config problems, and `wc_jax.rl.config.ConfigError`s raised by `main`, end the process
 with one line on stderr and exit status 2 instead of a traceback.
 """
 from __future__ import annotations
@@ -179,7 +179,7 @@ def fail(message: str, status: int = 2):
 
 def run(main) -> None:
   """absl.app.run with one-line errors for bad flags, configs and workdirs."""
-  from wc_jax.run_config import ConfigError
+  from wc_jax.rl.config import ConfigError
 
   def wrapped(argv):
     try:

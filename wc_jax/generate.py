@@ -15,9 +15,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from wc_jax import cli, run_config, sampling
+from wc_jax import cli
+from wc_jax.inference import ChunkEngine, i2v_condition
+from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
-from wc_jax.context import sphere_points
 from wc_jax.models.worldplay.config import DiTConfig, from_config
 from wc_jax.models.worldplay.model import build, functional, load_params, randomize
 
@@ -61,11 +62,8 @@ def write_gif(latents: np.ndarray, path: pathlib.Path, scale: int = 8) -> None:
   frames[0].save(path, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
-def run(cfg, workdir: str) -> dict:
-  run_config.validate(cfg, required=run_config.GENERATE_SECTIONS)
-  run_config.check_workdir(workdir)
-  mcfg = from_config(cfg.model)
-  workdir = pathlib.Path(workdir)
+def build_model(cfg, mcfg: DiTConfig):
+  """The DiT of `cfg.model`: random-init (seeded with cfg.seed) or a converted checkpoint."""
   with phase("building the WorldPlay DiT", f"{mcfg.hidden_size} wide, {mcfg.depth} blocks"):
     model = build(mcfg, seed=cfg.seed)
     if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
@@ -77,29 +75,57 @@ def run(cfg, workdir: str) -> dict:
       if meta.get("kind") != "dit":
         raise ValueError(f"{cfg.model.checkpoint} holds a {meta.get('kind')} checkpoint, not a DiT")
       load_params(model, params)
-  workdir.mkdir(parents=True, exist_ok=True)
-  apply, state = functional(model)
+  return model
+
+
+def encode_conditioning(model, conds: dict):
+  """TextTokens of the conditioning states (`synthetic_conditioning`)."""
+  return model.encode_text(*(jnp.asarray(conds[k]) for k in ("text_states", "encoder_attention_mask",
+                                                             "byt5_text_states", "byt5_text_mask",
+                                                             "vision_states")), jnp.zeros((1,)))
+
+
+def make_inputs(cfg, mcfg: DiTConfig) -> dict:
+  """The generation inputs, all drawn from `np.random.default_rng(cfg.seed)` in this order:
+  initial noise [1, C, T, h, w], first-frame latent [1, C, h, w], conditioning states."""
   rng = np.random.default_rng(cfg.seed)
   s = cfg.sampling
   t = s.chunks * mcfg.chunk_latents
   c = mcfg.latent_channels
   latents = rng.standard_normal((1, c, t, s.latent_height, s.latent_width)).astype(np.float32)
-  cond = np.zeros((1, c + 1, t, s.latent_height, s.latent_width), np.float32)
-  cond[:, :c, 0] = rng.standard_normal((1, c, s.latent_height, s.latent_width))   # first-frame latent
-  cond[:, c, 0] = 1.0                                                               # i2v mask
+  first = rng.standard_normal((1, c, s.latent_height, s.latent_width)).astype(np.float32)
   w2c, labels = simple_trajectory(t)
   Ks = np.tile(np.array([[0.8, 0, 0.5], [0, 1.4, 0.5], [0, 0, 1]], np.float32), (1, t, 1, 1))
-  conds = synthetic_conditioning(cfg, mcfg, rng)
-  text = model.encode_text(*(jnp.asarray(conds[k]) for k in ("text_states", "encoder_attention_mask",
-                                                             "byt5_text_states", "byt5_text_mask",
-                                                             "vision_states")), jnp.zeros((1,)))
+  return dict(latents=latents, first_latent=first, cond=np.asarray(i2v_condition(first, t)), w2c=w2c,
+              actions=labels, Ks=Ks, conditioning=synthetic_conditioning(cfg, mcfg, rng))
+
+
+def make_engine(apply, cfg, mcfg: DiTConfig) -> ChunkEngine:
+  """The chunk engine of `cfg.sampling` (retrieval points seeded with cfg.seed, as before)."""
+  return ChunkEngine.from_config(apply, cfg, chunk=mcfg.chunk_latents, context_timestep=mcfg.context_timestep,
+                                 retrieval_seed=cfg.seed)
+
+
+def run(cfg, workdir: str) -> dict:
+  run_config.validate(cfg, required=run_config.GENERATE_SECTIONS)
+  run_config.check_workdir(workdir)
+  mcfg = from_config(cfg.model)
+  workdir = pathlib.Path(workdir)
+  model = build_model(cfg, mcfg)
+  workdir.mkdir(parents=True, exist_ok=True)
+  apply, state = functional(model)
+  s = cfg.sampling
+  inputs = make_inputs(cfg, mcfg)
+  t = inputs["latents"].shape[2]
+  conds = inputs["conditioning"]
+  text = encode_conditioning(model, conds)
+  engine = make_engine(apply, cfg, mcfg)
+  w2c, labels = inputs["w2c"], inputs["actions"]
   t0 = time.time()
   with phase("sampling", f"{s.chunks} chunks x {s.steps} steps"):
-    out = sampling.ar_rollout(apply, state, latents=latents, cond_latents=cond, viewmats=w2c[None], Ks=Ks,
-                              action=labels[None], text=text, sig=sampling.sigmas(s.steps, s.shift),
-                              points_local=sphere_points(50000, 8.0, seed=cfg.seed), chunk=mcfg.chunk_latents,
-                              memory_frames=s.max_context_frames, recent=s.recent_context_frames,
-                              context_timestep=mcfg.context_timestep)
+    out = engine.generate(state, latents=inputs["latents"], cond=inputs["cond"], viewmats=w2c[None],
+                          Ks=inputs["Ks"], action=labels[None], text=text)
+    out.latents = np.asarray(out.latents)
   secs = time.time() - t0
   np.savez(workdir / "latents.npz", latents=out.latents, viewmats=w2c, actions=labels)
   write_gif(out.latents, workdir / "latents.gif")

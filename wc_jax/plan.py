@@ -15,9 +15,7 @@ FLOPs. Paths:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +23,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from wc_jax import cli, run_config, sharding
+from wc_jax import cli, sharding
+from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
 from wc_jax.models.worldplay import flops as flops_lib
 from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
+from wc_jax.rl import programs
+from wc_jax.rl.update import UpdateBatch, init_state
 
 _CONFIG = cli.config_flag("configs/hunyuan8b.py")
 _TOPOLOGY = cli.string_flag("topology", "v5p:2x2x4", "TPU topology name, e.g. v5p:2x2x2, v5e:4x4, v6e:2x4")
@@ -91,7 +92,7 @@ def input_shardings(inputs, mesh):
     nd = len(x.shape)
     if nd == 0:
       return NamedSharding(mesh, P())
-    return NamedSharding(mesh, sharding._fit(sharding.logical_to_spec(("activation_batch",) + (None,) * (nd - 1),
+    return NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",) + (None,) * (nd - 1),
                                                                         mesh=mesh), x.shape, mesh))
   out = jax.tree.map(spec, inputs)
   # caches carry the layer axis first: batch is axis 1 (text) / 2 (vision), tokens over `context`
@@ -100,10 +101,10 @@ def input_shardings(inputs, mesh):
     kv_t = sharding.logical_to_spec(("layers", "activation_batch", "activation_length", "activation_heads", None), mesh=mesh)
     kv_v = sharding.logical_to_spec(("layers", None, "activation_batch", "activation_length", "activation_heads", None),
                                     mesh=mesh)
-    out["text_cache"] = TextCache(NamedSharding(mesh, sharding._fit(kv_t, tc.k.shape, mesh)),
-                                  NamedSharding(mesh, sharding._fit(kv_t, tc.v.shape, mesh)), out["text_cache"].mask)
-    out["ctx"] = VisionCache(NamedSharding(mesh, sharding._fit(kv_v, vc.k.shape, mesh)),
-                             NamedSharding(mesh, sharding._fit(kv_v, vc.v.shape, mesh)), out["ctx"].valid,
+    out["text_cache"] = TextCache(NamedSharding(mesh, sharding.fit_spec(kv_t, tc.k.shape, mesh)),
+                                  NamedSharding(mesh, sharding.fit_spec(kv_t, tc.v.shape, mesh)), out["text_cache"].mask)
+    out["ctx"] = VisionCache(NamedSharding(mesh, sharding.fit_spec(kv_v, vc.k.shape, mesh)),
+                             NamedSharding(mesh, sharding.fit_spec(kv_v, vc.v.shape, mesh)), out["ctx"].valid,
                              out["ctx"].frames)
   return out
 
@@ -127,12 +128,8 @@ def make_step(apply, path: str, causal: bool = True):
 
 def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
   """(jitted fn, abstract args, forward FLOPs) of the rollout or the update step."""
-  from wc_jax.rl.optim import make_optimizer
-  from wc_jax.rl.rollout import _candidates_fn
-  from wc_jax.rl.update import UpdateBatch, init_state, make_update_fn, state_shardings
-  from wc_jax.rewards.nft import nft_sigma_schedule
-  from wc_jax import sampling
-  rl, s, t = cfg.rl, cfg.sampling, cfg.text
+  from wc_jax.inference import denoise_candidates as _candidates_fn
+  rl, s = cfg.rl, cfg.sampling
   sds = jax.ShapeDtypeStruct
   one = abstract_inputs(mcfg, cfg, "ar", 1)
   c, chunk = mcfg.latent_channels, mcfg.chunk_latents
@@ -143,27 +140,22 @@ def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
     g = rl.group_size
     args = (state, sds((g,) + lat, jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32), one["action"],
             one["viewmats"], one["Ks"], one["text_cache"], one["ctx"], sds((rl.rollout_steps + 1,), jnp.float32))
-    cand = NamedSharding(mesh, sharding._fit(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
+    cand = NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
     shard = (param_shard, cand, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"], rep)
     fn = jax.jit(lambda *a: _candidates_fn(apply, *a), in_shardings=shard)
     return fn, args, g * rl.rollout_steps
-  opt = cfg.optim
-  tx = make_optimizer(lr=opt.lr, weight_decay=opt.weight_decay, grad_clip=opt.grad_clip, grad_accum=opt.grad_accum,
-                      use_muon=opt.muon, muon_rms=opt.muon_rms, b1=opt.b1, b2=opt.b2)
-  train_state = jax.eval_shape(lambda p: init_state(p, tx, 0), state)
-  st_shard = state_shardings(train_state, param_shard, mesh)
+  # the trainer's own update program and shardings (wc_jax.rl.programs), lowered on abstract inputs
+  program = programs.update_program(cfg, apply, state, mesh)
+  train_state = jax.eval_shape(lambda p: init_state(p, program.tx, 0), state)
   k = rl.best_of_n
   batch = UpdateBatch(sds((k,) + lat, jnp.float32), sds((k,), jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32),
                       one["action"], one["viewmats"], one["Ks"], one["text_cache"], one["ctx"])
-  b_shard = UpdateBatch(rep, rep, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"])
-  update = make_update_fn(apply, tx, sigma_schedule=nft_sigma_schedule(rl.rollout_steps, rl.shift),
-                          sigma_fraction=rl.sigma_fraction, beta=rl.beta, adv_clip=rl.adv_clip,
-                          released_v_old=rl.released_v_old, policy_ema=tuple(rl.policy_ema),
-                          ckpt_ema_decay=rl.ckpt_ema_decay)
-  fn = jax.jit(update, in_shardings=(st_shard, b_shard), out_shardings=(st_shard, rep), donate_argnums=(0,))
+  args = (programs.abstract(train_state, program.state_shardings),
+          programs.abstract(batch, programs.batch_shardings(batch, mesh)))
+  fn = program.fn
   n_sig = max(1, int(rl.rollout_steps * rl.sigma_fraction))
   # per sigma: v_old forward + v_theta forward/backward (3x) + remat recompute (1x), K samples
-  return fn, (train_state, batch), n_sig * k * (1 + 3 + (1 if mcfg.remat_policy != "none" else 0))
+  return fn, args, n_sig * k * (1 + 3 + (1 if mcfg.remat_policy != "none" else 0))
 
 
 PATHS = ("ar", "full", "rollout", "update")

@@ -133,7 +133,7 @@ def named_sharding(mesh: Mesh, logical_axes) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(logical_axes, mesh=mesh))
 
 
-def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   """Drops mesh axes that do not divide the dimension they would split."""
   out = []
   for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -170,20 +170,21 @@ def state_shardings(state, mesh: Mesh):
       value = x.get_value() if hasattr(x, "get_value") else x.value
     shape = getattr(value, "shape", ())
     spec = logical_to_spec(names, mesh=mesh) if names else P()
-    return NamedSharding(mesh, _fit(spec, tuple(shape), mesh))
+    return NamedSharding(mesh, fit_spec(spec, tuple(shape), mesh))
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def constrain(x: jax.Array, logical_axes) -> jax.Array:
   """with_sharding_constraint by logical names; a no-op outside a mesh context."""
-  mesh = _current_mesh()
+  mesh = current_mesh()
   if mesh is None or mesh.empty:
     return x
-  spec = _fit(logical_to_spec(logical_axes, mesh=mesh), x.shape, mesh)
+  spec = fit_spec(logical_to_spec(logical_axes, mesh=mesh), x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def _current_mesh():
+def current_mesh():
+  """The mesh of the enclosing `use_mesh` block (abstract), or None."""
   try:
     m = jax.sharding.get_abstract_mesh()
     if m is not None and not m.empty:

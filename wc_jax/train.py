@@ -29,7 +29,7 @@ log = logging.getLogger("wc_jax.train")
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-  from wc_jax import run_config
+  from wc_jax.rl import config as run_config
   cfg = _CONFIG()
   run_config.validate(cfg, required=run_config.TRAIN_SECTIONS, rewards=run_config.TRAINER_REWARDS)
   run_config.check_workdir(_WORKDIR())

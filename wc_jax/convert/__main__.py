@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wc_jax.convert import registry
+from wc_jax.convert import kinds, registry
 from wc_jax.convert.common import ConversionError
+from wc_jax.sharding import make_mesh
 
 
 def main(argv=None) -> int:
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
   p.add_argument("--mesh", default=None,
                  help="place tensors on a mesh while converting, e.g. 'fsdp=8' or 'fsdp=4,tensor=2'")
   p.add_argument("--shard-gb", type=float, default=0.0, help="with --to-torch: max GB per safetensors shard")
-  p.add_argument("--kind", default=None, help="force the model kind (dit, vae, da3) instead of detecting it")
+  p.add_argument("--kind", default=None, help=f"force the model kind ({', '.join(kinds.ALL)}) instead of detecting it")
   args = p.parse_args(argv)
   try:
     if args.torch:
@@ -35,7 +36,6 @@ def main(argv=None) -> int:
         p.error("--torch needs --out")
       mesh = None
       if args.mesh:
-        from wc_jax.sharding import make_mesh
         shape = {k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))}
         mesh = make_mesh(shape)
       kind = registry.torch_to_orbax(args.torch, args.out, dtype=args.dtype, mesh=mesh, kind=args.kind)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Callable, Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 from safetensors import safe_open
@@ -131,6 +131,15 @@ def unflatten(flat: Mapping[str, object], sep: str = "/") -> dict:
       node = node.setdefault(p, {})
     node[parts[-1]] = v
   return out
+
+
+def match_keys(tree, like):
+  """`tree` with each dict key spelled as in `like` where they differ only in type: Orbax
+  restores the int keys of list entries (nnx.List, head layers) as strings."""
+  if not isinstance(tree, Mapping) or not isinstance(like, Mapping):
+    return tree
+  spelled = {str(k): k for k in like}
+  return {spelled.get(str(k), k): match_keys(v, like.get(spelled.get(str(k), k))) for k, v in tree.items()}
 
 
 def _umask_mode(path: pathlib.Path) -> None:

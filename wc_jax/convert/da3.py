@@ -15,12 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from wc_jax.convert import kinds
 from wc_jax.convert.common import ConversionError, TensorSource, check_keys
 from wc_jax.models.da3 import config as da3_config
+from wc_jax.models.da3 import model as da3_model
 from wc_jax.models.da3.config import DA3Config
+from wc_jax.sharding import logical_to_spec
 
-KIND = "da3"
+KIND = kinds.DA3
 STRIP_PREFIX = "model."
 TORCH_FILENAME = "model.safetensors"
 
@@ -41,8 +45,7 @@ def matches(config: dict) -> bool:
 
 def abstract_model(cfg: DA3Config):
   """The model with ShapeDtypeStructs instead of arrays (nothing allocated)."""
-  from wc_jax.models.da3.model import abstract_model as build
-  return build(cfg)
+  return da3_model.abstract_model(cfg)
 
 
 def _torch_prefixes(path: tuple, cfg: DA3Config) -> list[str]:
@@ -96,8 +99,6 @@ class _Filtered:
 def _place(arr: np.ndarray, names, mesh):
   if mesh is None:
     return jnp.asarray(arr)
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from wc_jax.sharding import logical_to_spec
   spec = logical_to_spec(names, mesh=mesh) if names else P()
   fitted = []
   for dim, entry in zip(arr.shape, tuple(spec) + (None,) * (arr.ndim - len(spec))):
@@ -179,3 +180,10 @@ def params_to_torch(params: Mapping, model_config: dict, dtype=None, reference_c
     raise ConversionError(f"DA3 params lack {len(missing)} entries: {missing[:20]}")
   ref_config = reference_config if reference_config is not None else da3_config.to_reference_config(cfg)
   return ref_config, tensors
+
+
+def build_model(model_config: dict, params: Mapping, mesh=None, **overrides) -> da3_model.DepthAnything3:
+  """The module holding `params` (no random initialisation); `overrides` replace config fields.
+  Parameters keep the placement they come with (`torch_to_params(mesh=...)` places them)."""
+  del mesh
+  return da3_model.from_params(DA3Config.from_dict({**model_config, **overrides}), params)

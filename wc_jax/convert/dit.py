@@ -7,16 +7,23 @@ are stacked on a leading layer axis (the nnx.scan layout).
 from __future__ import annotations
 
 import re
-from typing import Iterator
+
+import dataclasses
+from typing import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from wc_jax.convert.common import ConversionError, TensorSource, check_keys
+from wc_jax.convert import kinds
+from wc_jax.convert.common import ConversionError, TensorSource, check_keys, flatten, unflatten
 from wc_jax.models.worldplay import config as dit_config
+from wc_jax.models.worldplay.model import WorldPlayDiT, abstract_model
+from wc_jax.models.worldplay.model import load_params as assign_params
+from wc_jax.sharding import logical_axes_of, named_sharding
 
-KIND = "dit"
+KIND = kinds.DIT
 TORCH_FILENAME = "diffusion_pytorch_model.safetensors"
 STRIP_PREFIX = None
 
@@ -120,8 +127,6 @@ def _torch_shape(our_shape, layout, cfg):
 
 
 def _our_shapes(cfg) -> dict[str, tuple[int, ...]]:
-  from flax import nnx
-  from wc_jax.models.worldplay.model import abstract_model
   state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
   out = {}
   def rec(prefix, node):
@@ -157,14 +162,10 @@ def config_from_reference(config: dict, **overrides) -> dit_config.DiTConfig:
 def _place(x: np.ndarray, path: str, mesh, abstract):
   if mesh is None:
     return x
-  from wc_jax.sharding import named_sharding
   return jax.device_put(x, named_sharding(mesh, abstract.get(path)))
 
 
 def _logical_axes(cfg) -> dict[str, tuple]:
-  from flax import nnx
-  from wc_jax.models.worldplay.model import abstract_model
-  from wc_jax.sharding import logical_axes_of
   state = nnx.state(abstract_model(cfg), nnx.Param)
   out = {}
   for path, var in jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]:
@@ -190,16 +191,43 @@ def torch_to_params(source: TensorSource, config: dict, dtype=None, mesh=None):
       stacked.setdefault(path, [None] * cfg.depth)[layer] = x
       if all(v is not None for v in stacked[path]):
         flat[path] = _place(np.stack(stacked.pop(path)), path, mesh, axes)
-  from wc_jax.convert.common import unflatten
   model_config = cfg.to_dict()
   if dtype:
     model_config["param_dtype"] = str(jnp.dtype(dtype))
   return model_config, unflatten(flat)
 
 
+# DiTConfig fields that set how the model runs, not its weights: a reference config.json
+# does not record them (a checkpoint converted back gets the defaults).
+RUNTIME_FIELDS = ("chunk_latents", "context_timestep", "dtype", "param_dtype", "attention_impl",
+                  "attention_block_kv", "remat_policy")
+
+
+def _check_expressible(cfg: dit_config.DiTConfig, ref: dict) -> None:
+  """Fails, naming each field, if `ref` would not rebuild the same architecture as `cfg`."""
+  try:
+    back = config_from_reference(ref)
+  except (KeyError, ValueError, TypeError) as e:
+    raise ConversionError(f"this DiT cannot be exported as a reference checkpoint: {e}") from e
+  lost = [f"{f.name}={getattr(cfg, f.name)!r} (a reference config.json can only mean {getattr(back, f.name)!r})"
+          for f in dataclasses.fields(cfg)
+          if f.name not in RUNTIME_FIELDS and getattr(cfg, f.name) != getattr(back, f.name)]
+  if lost:
+    raise ConversionError(
+        "this DiT cannot be exported as a reference checkpoint: the reference constructor "
+        "(HunyuanVideo_1_5_DiffusionTransformer) cannot express " + "; ".join(lost)
+        + ". Keep it as a wc_jax Orbax checkpoint, or train with those fields at the reference values.")
+
+
 def params_to_torch(params, model_config: dict, dtype=None, reference_config=None):
-  from wc_jax.convert.common import flatten
   cfg = dit_config.DiTConfig.from_dict(model_config)
+  ref = dict(reference_config or {})
+  ref_cfg = dit_config.to_reference(cfg)
+  if "constructor_kwargs" in ref:  # a fixture-style config: keep its layout
+    ref["constructor_kwargs"] = {k: v for k, v in ref_cfg.items() if not k.startswith("_") and k != "wc_jax_byt5_mapper"}
+  else:
+    ref = ref_cfg
+  _check_expressible(cfg, ref)
   flat = {k: np.asarray(v) for k, v in flatten(params).items()}
   shapes = expected_torch_shapes(cfg)
   tensors = {}
@@ -211,17 +239,13 @@ def params_to_torch(params, model_config: dict, dtype=None, reference_config=Non
     if dtype:
       x = x.astype(jnp.dtype(dtype))
     tensors[tkey] = x
-  ref = dict(reference_config or {})
-  ref_cfg = dit_config.to_reference(cfg)
-  if "constructor_kwargs" in ref:  # a fixture-style config: keep its layout
-    ref["constructor_kwargs"] = {k: v for k, v in ref_cfg.items() if not k.startswith("_") and k != "wc_jax_byt5_mapper"}
-    return ref, tensors
-  return ref_cfg, tensors
+  return ref, tensors
 
 
-def load_params(path: str, dtype=None) -> tuple[dit_config.DiTConfig, dict]:
-  """Reads a reference folder (config.json + safetensors) straight into (cfg, params)."""
-  from wc_jax.convert.common import read_config
-  config = read_config(path)
-  _, params = torch_to_params(TensorSource(path), config, dtype=dtype)
-  return config_from_reference(config), params
+def build_model(model_config: Mapping, params: Mapping, mesh=None, **overrides) -> WorldPlayDiT:
+  """The module holding `params`, built without a random init; `overrides` replace config
+  fields (e.g. the run's dtype / attention_impl / remat_policy, or a whole `cfg.to_dict()`:
+  the checkpoint's shapes are checked against it). Placement on a mesh is the caller's."""
+  del mesh
+  cfg = dit_config.DiTConfig.from_dict({**model_config, **overrides})
+  return assign_params(abstract_model(cfg), params)

@@ -1,41 +1,80 @@
-"""Dispatch between model-specific converters.
+"""The checkpoint layer's entry points: one converter per model kind, and the loader.
 
-Each converter module `wc_jax.convert.<kind>` provides:
+Each converter module `wc_jax.convert.<name>` provides:
 
-    KIND: str
+    KIND: str                                        # one of wc_jax.convert.kinds
     matches(config: dict) -> bool                    # is this reference config.json ours?
     torch_to_params(source: TensorSource, config: dict, dtype=None, mesh=None)
         -> (model_config: dict, params: nested dict of arrays in wc_jax layout)
-    params_to_torch(params: nested dict, model_config: dict, dtype=None)
+    params_to_torch(params: nested dict, model_config: dict, dtype=None, reference_config=None)
         -> (reference_config: dict, tensors: dict[str, np.ndarray] in reference layout)
+    build_model(model_config: dict, params, mesh=None, **overrides) -> nnx.Module
     TORCH_FILENAME: str                              # file name used on export
+
+Models do no file I/O: `load_model(kind, path)` is the one way to get a module with
+weights from a checkpoint folder.
 """
 from __future__ import annotations
 
-import importlib
+import os
+import pathlib
 
+from flax import nnx
+
+from wc_jax.convert import da3, dit, kinds, quality, vae
 from wc_jax.convert.common import (ConversionError, TensorSource, load_orbax, read_config,
                                    save_orbax, save_torch_safetensors)
 
-CONVERTERS = ("wc_jax.convert.dit", "wc_jax.convert.vae", "wc_jax.convert.da3", "wc_jax.models.quality.convert")
+CONVERTERS = (dit, vae, da3, quality)
+assert tuple(m.KIND for m in CONVERTERS) == kinds.ALL
 
 
-def _modules():
-  for name in CONVERTERS:
-    try:
-      yield importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name != name:
-        raise
+def converter(kind: str):
+  """The converter module for `kind` (one of `kinds.ALL`)."""
+  for mod in CONVERTERS:
+    if mod.KIND == kind:
+      return mod
+  raise ConversionError(f"unknown model kind {kind!r} (known kinds: {', '.join(kinds.ALL)})")
 
 
 def converter_for(config: dict, kind: str | None = None):
-  for mod in _modules():
-    if (kind is not None and mod.KIND == kind) or (kind is None and mod.matches(config)):
+  if kind is not None:
+    return converter(kind)
+  for mod in CONVERTERS:
+    if mod.matches(config):
       return mod
   raise ConversionError(
-      f"config.json is not a known model kind ({', '.join(m.rsplit('.', 2)[-2 if m.endswith('convert') else -1] for m in CONVERTERS)}); "
-      f"keys: {sorted(config)[:15]}")
+      f"config.json is not a known model kind ({', '.join(kinds.ALL)}); keys: {sorted(config)[:15]}")
+
+
+def load_params(path: str | os.PathLike, target=None) -> tuple[dict, dict]:
+  """(params, metadata) of a wc_jax Orbax checkpoint folder (metadata: kind, model_config, ...)."""
+  return load_orbax(path, target)
+
+
+def load_model(kind: str, path: str | os.PathLike, *, mesh=None, **overrides) -> nnx.Module:
+  """The `kind` model holding the weights at `path`, built without a random init.
+
+  `path` is a wc_jax Orbax folder (written by `python -m wc_jax.convert` or a trainer;
+  its recorded kind must be `kind`) or a reference folder (config.json + safetensors),
+  converted on the fly. `overrides` replace model config fields (dtype, precision, ...);
+  `mesh` places the weights where the kind supports it (VAE, and conversion from torch).
+  """
+  mod = converter(kind)
+  path = pathlib.Path(path)
+  if (path / "wc_jax.json").exists():
+    params, meta = load_orbax(path)
+    if meta.get("kind") != kind:
+      raise ConversionError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a {kind!r} one")
+    model_config = meta["model_config"]
+  else:
+    config = read_config(path)
+    if not mod.matches(config):
+      other = next((m.KIND for m in CONVERTERS if m.matches(config)), None)
+      raise ConversionError(f"{path} holds a {other or 'unknown'!r} reference checkpoint, not a {kind!r} one")
+    source = TensorSource(path, strip_prefix=getattr(mod, "STRIP_PREFIX", None))
+    model_config, params = mod.torch_to_params(source, config, mesh=mesh)
+  return mod.build_model(model_config, params, mesh=mesh, **overrides)
 
 
 def torch_to_orbax(src, dst, dtype=None, mesh=None, kind=None) -> str:
@@ -49,7 +88,7 @@ def torch_to_orbax(src, dst, dtype=None, mesh=None, kind=None) -> str:
 
 def orbax_to_torch(src, dst, dtype=None, max_shard_bytes=None) -> str:
   params, meta = load_orbax(src)
-  mod = converter_for({}, meta["kind"])
+  mod = converter(meta.get("kind"))
   ref_config, tensors = mod.params_to_torch(params, meta["model_config"], dtype=dtype,
                                             reference_config=meta.get("reference_config"))
   save_torch_safetensors(tensors, dst, ref_config, filename=mod.TORCH_FILENAME, max_shard_bytes=max_shard_bytes)

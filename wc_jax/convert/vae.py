@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wc_jax.convert import kinds
 from wc_jax.convert.common import ConversionError, TensorSource, check_keys, flatten, unflatten
 from wc_jax.models.vae.config import VAEConfig, is_reference_vae_config
-from wc_jax.models.vae.model import abstract_model, param_shardings
+from wc_jax.models.vae.model import (AutoencoderKL, abstract_model, model_from_params, param_shardings,
+                                     shard_model)
 
-KIND = "vae"
+KIND = kinds.VAE
 TORCH_FILENAME = "diffusion_pytorch_model.safetensors"
 
 
@@ -119,3 +121,11 @@ def params_to_torch(params: Mapping, model_config: dict, dtype=None, reference_c
     tensors[ref_key] = _cast(_to_torch(path.rsplit("/", 1)[-1], a), dtype)
   ref_config = dict(reference_config) if reference_config else cfg.to_reference()
   return ref_config, tensors
+
+
+def build_model(model_config: dict, params: Mapping, mesh=None, **runtime) -> AutoencoderKL:
+  """The module holding `params`; `runtime` overrides dtype / precision, and with `mesh`
+  every parameter is placed by its logical axis names (a no-op for tensors a converter
+  already placed)."""
+  model = model_from_params(VAEConfig.from_dict(model_config, **runtime), params)
+  return shard_model(model, mesh) if mesh is not None else model

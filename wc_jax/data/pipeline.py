@@ -218,7 +218,7 @@ def save_state(iterator, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(state, f, default=_jsonable)
+    json.dump(state, f, default=json_default)
   os.replace(tmp, path)
 
 
@@ -230,7 +230,8 @@ def load_state(iterator, path: str) -> None:
     iterator.set_state(json.load(f))
 
 
-def _jsonable(x):
+def json_default(x):
+  """`default=` for json.dump of grain iterator states (NumPy ints, bytes)."""
   if isinstance(x, np.integer):
     return int(x)
   if isinstance(x, bytes):

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from wc_jax.data.trajectories import FRAMES_PER_LATENT, MOTION_KEYS
-from wc_jax.rewards.labels import NUM_ACTIONS
+from wc_jax.actions import NUM_ACTIONS
 
 STATE_DTYPES = ("float32", "bfloat16")
 STATE_KEYS = ("text_states", "byt5_states", "vision_states")

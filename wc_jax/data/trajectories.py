@@ -29,6 +29,8 @@ from typing import Mapping
 
 import numpy as np
 
+from wc_jax.actions import ROT_NAMES, TRANS_NAMES, split_action
+
 MOTION_KEYS = ("forward", "backward", "right", "left", "yaw", "pitch")
 FRAMES_PER_LATENT = 4
 
@@ -302,8 +304,7 @@ class Trajectory:
 
   def describe(self) -> list[str]:
     """Human-readable label per latent, e.g. 'forward / yaw_right'."""
-    from wc_jax.rewards.labels import ROT_NAMES, TRANS_NAMES
-    return [f"{TRANS_NAMES[a // 9]} / {ROT_NAMES[a % 9]}" for a in self.actions]
+    return [f"{TRANS_NAMES[t]} / {ROT_NAMES[r]}" for t, r in map(split_action, self.actions)]
 
 
 def trajectory_from_motions(motions, start=None, k=REFERENCE_K) -> Trajectory:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from wc_jax.rewards.labels import NUM_ACTIONS
+from wc_jax.actions import NUM_ACTIONS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ Backends:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -149,12 +148,12 @@ def _sharded(fn, q, k, v, mask):
   """Runs a per-device kernel under jax.shard_map on the current mesh: batch over the data
   axes, heads over `tensor`, sequences whole (Mosaic kernels cannot be auto-partitioned)."""
   from wc_jax import sharding
-  mesh = sharding._current_mesh()
+  mesh = sharding.current_mesh()
   if mesh is None:
     return fn(q, k, v, mask)
-  bspec = sharding._fit(sharding.logical_to_spec(("activation_batch", None, "activation_heads", None), mesh=mesh),
+  bspec = sharding.fit_spec(sharding.logical_to_spec(("activation_batch", None, "activation_heads", None), mesh=mesh),
                         q.shape, mesh)
-  kspec = sharding._fit(bspec, k.shape, mesh)
+  kspec = sharding.fit_spec(bspec, k.shape, mesh)
   bspec = P(*[bspec[0] if kspec[0] == bspec[0] else None, None,
               bspec[2] if kspec[2] == bspec[2] else None, None])
   mspec = P(bspec[0], None)

@@ -35,14 +35,8 @@ import jax.numpy as jnp
 
 from wc_jax.rewards import _checks
 
-NUM_TRANS = 9
-NUM_ROT = 9
-NUM_ACTIONS = NUM_TRANS * NUM_ROT
-
-TRANS_NAMES = ("none", "forward", "backward", "right", "left", "forward+right", "forward+left",
-               "backward+right", "backward+left")
-ROT_NAMES = ("none", "yaw_right", "yaw_left", "pitch_up", "pitch_down", "right+up", "right+down",
-             "left+up", "left+down")
+# the vocabulary itself is wc_jax.actions; re-exported here for the reward API
+from wc_jax.actions import NUM_ACTIONS, NUM_ROT, NUM_TRANS, ROT_NAMES, TRANS_NAMES, merge_action, split_action  # noqa: F401
 
 
 class Thresholds(NamedTuple):
@@ -220,13 +214,3 @@ def reward_action_labels(poses, move_thresholds=REWARD_MOVE_THRESHOLDS,
     tl, rl = _labels_from_motion(rot, trans, m, rot_threshold_deg)
     return jnp.concatenate([jnp.zeros((1,), jnp.int32), tl * NUM_ROT + rl])
   return jax.vmap(one)(thr)
-
-
-def split_action(action):
-  """81-way label -> (translation 0..8, rotation 0..8)."""
-  return action // NUM_ROT, action % NUM_ROT
-
-
-def merge_action(trans, rot):
-  """(translation, rotation) labels -> 81-way label."""
-  return trans * NUM_ROT + rot

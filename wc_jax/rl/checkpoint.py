@@ -1,17 +1,32 @@
 """Orbax checkpointing of the RL state: model, optimizer, both EMAs, step, RNG, data-iterator
-state and config, saved asynchronously; a run resumes from the newest step.
+state and config, saved asynchronously; a run resumes from the newest intact step.
 
 A checkpoint of another model config is refused with a message naming the differences.
+
+A step that cannot be read (a truncated or missing array file, unreadable JSON, ...: anything
+Orbax, TensorStore or JSON raises while restoring it) is not fatal: the next older step is tried,
+and once one restores, one warning line names each unreadable step, whose folder is moved aside to
+`<checkpoints>.corrupt/<step>` (nothing is deleted). When no step can be read, `restore_latest`
+raises, naming them, and moves nothing, so that a run never silently starts again from step 1.
 """
 from __future__ import annotations
 
+import gc
+import inspect
 import json
+import logging
+import os
 import pathlib
+import sys
+import warnings
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from wc_jax.rl.update import TrainState
+
+log = logging.getLogger("wc_jax.train")
 
 
 class ConfigMismatch(ValueError):
@@ -24,11 +39,83 @@ def _model_fingerprint(cfg) -> dict:
   return json.loads(json.dumps(d))
 
 
+def _one_line(err: BaseException, strip: str = "", limit: int = 240) -> str:
+  """`Type: first line of the message` of the error's root cause (Orbax wraps TensorStore's
+  precise error in a vague one), `strip` removed, at most `limit` characters."""
+  while True:
+    nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    if nxt is None:
+      break
+    err = nxt
+  lines = str(err).strip().splitlines()
+  first = lines[0].strip().replace(strip, "") if lines and strip else (lines[0].strip() if lines else "")
+  msg = f"{type(err).__name__}: {first}" if first else type(err).__name__
+  return msg if len(msg) <= limit else msg[:limit - 3] + "..."
+
+
+# When one array of a step fails to read, Orbax's gather raises at once and closes its event loop
+# while the step's other reads (~1900 for the tiny model) are still in flight. Each then reports
+# itself, some during the restore, some seconds later: as an unraisable error (the coroutine,
+# closed by the garbage collector, turns GeneratorExit into an Exception carrying a ~65-line
+# TensorStore spec; TensorStore callbacks find the loop closed), as asyncio's "Task exception was
+# never retrieved" log, or as "coroutine ... was never awaited": 100,000+ lines for one truncated
+# file. `_drop_abandoned_read_noise` drops exactly those, for the rest of the process.
+_ABANDONED = "_read_array_index_and_device_put"   # orbax/checkpoint/_src/serialization/serialization.py
+
+
+def _abandoned_read(u) -> bool:
+  e = u.exc_value
+  if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+    return True
+  return (inspect.iscoroutine(u.object) and getattr(u.object, "__name__", "") == _ABANDONED
+          and isinstance(getattr(e, "__cause__", None), GeneratorExit))
+
+
+class _AbandonedReadLog(logging.Filter):
+  """asyncio's "Task/Future/_GatheringFuture exception was never retrieved" for those reads."""
+  MARKS = (_ABANDONED, "Encountered error while reading array index", "OCDBT database", '"zarr" driver')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not ("exception was never retrieved" in msg and any(m in msg for m in self.MARKS))
+
+
+def _drop_abandoned_read_noise() -> None:
+  """Idempotent; every other unraisable error, asyncio log and warning goes through as before."""
+  if not getattr(sys.unraisablehook, "_wc_jax_abandoned_reads", False):
+    prev = sys.unraisablehook
+
+    def hook(u):
+      if not _abandoned_read(u):
+        prev(u)
+
+    hook._wc_jax_abandoned_reads = True
+    sys.unraisablehook = hook
+  asyncio_log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReadLog) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedReadLog())
+  warnings.filterwarnings("ignore", message=f"coroutine '{_ABANDONED}' was never awaited", category=RuntimeWarning)
+
+
+def _multiprocess() -> bool:
+  return jax.process_count() > 1
+
+
+def _any_process(flag: bool) -> bool:
+  """True on every process when it is True on any (all processes must take the same branch)."""
+  if not _multiprocess():
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 class Checkpointer:
 
   def __init__(self, directory, cfg, max_to_keep: int | None = None):
     self.cfg = cfg
     self.directory = pathlib.Path(directory).absolute()
+    # corrupt steps go beside the checkpoint folder, where Orbax does not look for steps
+    self.corrupt_dir = self.directory.parent / f"{self.directory.name}.corrupt"
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or cfg.checkpoint.keep,
                                            enable_async_checkpointing=bool(cfg.checkpoint.get("async_save", True)))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -47,21 +134,88 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore_latest(self, state_like: TrainState, data):
-    """(state, next_step) from the newest checkpoint, or None when there is none."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    saved_cfg = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  def _step_dir(self, step: int) -> pathlib.Path:
+    try:   # the manager's own path (its step name format); a private method, hence the fallback
+      return pathlib.Path(self.manager._get_read_step_directory(step, self.manager.directory))
+    except Exception:  # noqa: BLE001
+      return self.directory / str(step)
+
+  def _model_diff(self, step: int) -> dict:
+    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    saved_model = saved["model"]
+    if not isinstance(saved_model, dict):
+      raise TypeError(f"config item of step {step} holds {type(saved_model).__name__}, not a dict")
     want = _model_fingerprint(self.cfg)
-    diff = {k: (saved_cfg["model"].get(k), want.get(k)) for k in set(want) | set(saved_cfg["model"])
-            if saved_cfg["model"].get(k) != want.get(k)}
-    if diff:
-      raise ConfigMismatch(f"checkpoint {self.directory} (step {step}) was written for another model config; "
-                           f"differences (checkpoint vs now): {diff}")
+    return {k: (saved_model.get(k), want.get(k)) for k in set(want) | set(saved_model)
+            if saved_model.get(k) != want.get(k)}
+
+  def _move_aside(self, step: int, reason: str, resumed: int) -> pathlib.Path:
+    """Moves the unreadable step's folder to `<checkpoints>.corrupt/<step>[.N]` (process 0; every
+    process waits for it) and re-reads the step list. Returns the new location."""
+    src = self._step_dir(step)
+    dst = self.corrupt_dir / src.name
+    n = 1
+    while dst.exists():
+      dst = self.corrupt_dir / f"{src.name}.{n}"
+      n += 1
+    log.warning("checkpoint step %d in %s could not be restored (%s); treated as corrupt: moved to %s, "
+                "resuming from step %d", step, self.directory, reason, dst, resumed)
+    if _multiprocess():   # every process has chosen `dst` before process 0 renames
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"wc_jax checkpoint step {step} moving aside")
+    if jax.process_index() == 0:
+      self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+      os.replace(src, dst)   # a rename on the same filesystem: nothing is copied or deleted
+    if _multiprocess():
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"wc_jax checkpoint step {step} moved aside")
+    self.manager.reload()    # forget the step, so that it can be written again
+    if step in self.manager.all_steps():
+      raise RuntimeError(f"moved checkpoint step {step} from {src} to {dst}, yet Orbax still lists it")
+    return dst
+
+  def restore_latest(self, state_like: TrainState, data):
+    """(state, next_step) from the newest readable checkpoint, or None when there is none.
+
+    Steps are tried newest first. Steps newer than the one restored could not be read (a
+    truncated or missing file, ...): each is named in one warning and moved aside, see the module
+    doc. `data` is only set from a step that was read completely.
+    Raises ConfigMismatch for a checkpoint of another model config (a user error: nothing moves),
+    and RuntimeError when no step can be read: then nothing is moved either, for the same error on
+    every step more likely means a changed setup (say, the optimizer's state) than damage, and the
+    next restart must not find an empty folder and silently start from step 1.
+    """
     # restore straight onto the mesh: every array takes the sharding of the live state's array
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
-    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                              data=ocp.args.JsonRestore()))
-    data.set_state(out["data"])
-    return out["state"], step + 1
+    failed = []   # (step, one-line reason), newest first
+    if self.manager.all_steps():
+      _drop_abandoned_read_noise()   # before any restore: a failing one is noisy while it runs
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      err, out, diff = None, None, {}
+      try:
+        diff = self._model_diff(step)
+        if not diff:
+          out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                    data=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001  (Orbax, TensorStore, JSON, ...: the step is unreadable)
+        err = e
+      if _any_process(err is not None):   # every process moves on to the same older step
+        failed.append((step, _one_line(err, strip=f"{self.directory}{os.sep}") if err is not None
+                       else "failed on another process"))
+        del err
+        gc.collect()   # close the failed restore's abandoned reads now
+        continue
+      if diff:
+        raise ConfigMismatch(f"checkpoint {self.directory} (step {step}) was written for another model config; "
+                             f"differences (checkpoint vs now): {diff}")
+      data.set_state(out["data"])
+      for bad, reason in failed:
+        self._move_aside(bad, reason, resumed=step)
+      return out["state"], step + 1
+    if failed:
+      steps = "; ".join(f"{self._step_dir(s)}: {r}" for s, r in failed)
+      raise RuntimeError(f"no checkpoint step in {self.directory} could be restored, so this run cannot resume ({steps}). "
+                         f"Nothing was moved or deleted. If every step fails alike, the config (optimizer, model) "
+                         f"likely differs from the run's; otherwise move the damaged step folders out of "
+                         f"{self.directory} or start a new workdir")
+    return None

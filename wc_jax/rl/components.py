@@ -5,24 +5,28 @@ model at the configured size (tiny demos, tests); nothing is downloaded.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wc_jax.convert import kinds, load_model
+from wc_jax.convert.quality import load_scorer, random_scorer
+from wc_jax.models.da3 import config as da3_config
+from wc_jax.models.da3 import model as da3_model
+from wc_jax.models.quality import clip as clip_lib
+from wc_jax.models import vae as vae_lib
 from wc_jax.rewards.interaction import interaction_reward
 from wc_jax.rewards.quality import quality_drift_reward
-from wc_jax.rl.trainer import RewardStage
+from wc_jax.rewards.stage import RewardStage
 
 
 def build_vae(vcfg, latent_channels: int):
-  from wc_jax.models.vae import VAEConfig, init_model, load, unscale_latents
   if vcfg.checkpoint:
-    vae = load(vcfg.checkpoint)
+    vae = load_model(kinds.VAE, vcfg.checkpoint)
   else:
-    vae = init_model(VAEConfig(latent_channels=latent_channels, block_out_channels=tuple(vcfg.block_out_channels),
-                               layers_per_block=vcfg.layers_per_block), seed=vcfg.seed)
+    vae = vae_lib.init_model(vae_lib.VAEConfig(latent_channels=latent_channels,
+                                               block_out_channels=tuple(vcfg.block_out_channels),
+                                               layers_per_block=vcfg.layers_per_block), seed=vcfg.seed)
   if vae.config.latent_channels != latent_channels:
     raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the DiT {latent_channels}")
   return vae
@@ -30,40 +34,34 @@ def build_vae(vcfg, latent_channels: int):
 
 def make_decoder(vae, scaled: bool = True):
   """latents [B, C, T', h, w] (DiT scale) -> frames [B, F, H, W, 3] in [0, 1]."""
-  from wc_jax.models.vae import decode, unscale_latents
   graphdef, state = nnx.split(vae)
 
   @jax.jit
   def run(state, z):
     model = nnx.merge(graphdef, state)
     if scaled:
-      z = unscale_latents(model.config, z)
-    video = decode(model, z)                         # [B, 3, F, H, W] in [-1, 1]
+      z = vae_lib.unscale_latents(model.config, z)
+    video = vae_lib.decode(model, z)                         # [B, 3, F, H, W] in [-1, 1]
     return jnp.clip((jnp.moveaxis(video, 1, -1) + 1.0) / 2.0, 0.0, 1.0)
 
   return lambda z: run(state, z)
 
 
 def build_pose_model(pcfg):
-  from wc_jax.models.da3 import config as da3_config
-  from wc_jax.models.da3.model import init_model, make_pose_model
   if pcfg.checkpoint:
-    from wc_jax.convert.common import load_orbax
-    from wc_jax.models.da3.model import from_params
-    params, meta = load_orbax(pcfg.checkpoint)
-    model = from_params(da3_config.DA3Config.from_dict(meta["model_config"]), params)
+    model = load_model(kinds.DA3, pcfg.checkpoint)
   else:
     base = da3_config.DA3Config(**{k: (tuple(v) if isinstance(v, list) else v)
                                    for k, v in pcfg.random.to_dict().items()})
-    model = init_model(base, seed=pcfg.seed)
-  return make_pose_model(model, process_res=pcfg.process_res)
+    model = da3_model.init_model(base, seed=pcfg.seed)
+  return da3_model.make_pose_model(model, process_res=pcfg.process_res)
 
 
 def build_scorer(qcfg):
-  from wc_jax.models.quality import clip as clip_lib
-  from wc_jax.models.quality.convert import load_scorer, random_scorer
-  if qcfg.checkpoint:
-    return load_scorer(qcfg.checkpoint, qcfg.head_checkpoint or None)
+  if qcfg.checkpoint and qcfg.head_checkpoint:
+    return load_scorer(qcfg.checkpoint, qcfg.head_checkpoint)
+  if qcfg.checkpoint:   # an HF folder with the head under `aesthetic_head.`, or a wc_jax Orbax folder
+    return load_model(kinds.CLIP_AESTHETIC, qcfg.checkpoint)
   vision = clip_lib.ClipVisionConfig(**qcfg.random.vision.to_dict())
   head = clip_lib.AestheticHeadConfig(dims=tuple(qcfg.random.head_dims))
   return random_scorer(vision, head, seed=qcfg.seed)

@@ -22,6 +22,7 @@ import logging
 
 import numpy as np
 
+from wc_jax.data.pipeline import json_default
 from wc_jax.rl.rollout import Trajectory
 
 log = logging.getLogger("wc_jax.train")
@@ -93,8 +94,7 @@ def _decode_id(arr: np.ndarray) -> str:
 
 def _jsonable(state):
   """grain states are dicts of ints (NumPy ints included); Orbax stores them with json."""
-  from wc_jax.data.pipeline import _jsonable as default
-  return json.loads(json.dumps(state, default=default))
+  return json.loads(json.dumps(state, default=json_default))
 
 
 class PipelineTrajectories:

@@ -6,59 +6,36 @@ is what `python -m wc_jax.train` calls.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import json
 import logging
 import pathlib
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wc_jax import run_config, sharding
+from wc_jax import sharding
+from wc_jax.convert import kinds, load_model
+from wc_jax.rl import config as run_config
 from wc_jax.progress import phase, size_note
 from wc_jax.models.worldplay.config import from_config
-from wc_jax.models.worldplay.model import WorldPlayDiT, functional, load_params, randomize
+from wc_jax.models.worldplay.model import WorldPlayDiT, functional, randomize
 from wc_jax.rewards.advantages import prepare_grpo
-from wc_jax.rewards.nft import nft_advantage, nft_sigma_schedule
+from wc_jax.rewards.nft import nft_advantage
+from wc_jax.rewards.stage import RewardStage
 from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
 from wc_jax.rl.data_source import SyntheticTrajectories, make_data  # noqa: F401 (re-export)
 from wc_jax.rl.logging_utils import MetricsWriter, write_rollout_video
-from wc_jax.rl.optim import make_optimizer
-from wc_jax.rl.rollout import ClipRollout, ClipRolloutEngine, Trajectory
-from wc_jax.rl.update import TrainState, UpdateBatch, init_state, jitted_update, state_shardings
+from wc_jax.rl.rollout import ClipRolloutEngine, Trajectory
+from wc_jax.rl import programs
+from wc_jax.rl.update import UpdateBatch, init_state
 
 log = logging.getLogger("wc_jax.train")
-
-
-# ----------------------------------------------------------------------------- reward stage
-
-@dataclasses.dataclass
-class RewardStage:
-  """Decodes candidate clips and scores them with the configured rewards."""
-  decode: Callable            # latents [B, C, T', h, w] -> frames [B, F, H, W, 3] in [0, 1]
-  rewards: dict[str, Callable]  # name -> fn(frames [G,F,H,W,3], first_frame [H,W,3], actions [chunk]) -> [G]
-  weights: dict[str, float]
-
-  def __call__(self, r: ClipRollout, first_latent_window: jax.Array | None):
-    """Window = previous latent (later chunks: 1 + 4*4 = 17 frames) + the candidate's 4 latents."""
-    g = r.x0.shape[0]
-    if first_latent_window is not None:
-      lat = jnp.concatenate([jnp.broadcast_to(first_latent_window, (g,) + first_latent_window.shape[1:]), r.x0], axis=2)
-    else:
-      lat = r.x0
-    frames = self.decode(lat)
-    if first_latent_window is not None:
-      frames = frames[:, -(4 * r.x0.shape[2] + 1):]
-    first = self.decode(r.prefix[:, :, :1] if r.prefix.shape[2] else r.x0[:1, :, :1])[0, 0]
-    scores = {name: fn(frames, first, r.action[0]) for name, fn in self.rewards.items()}
-    return scores, frames
 
 
 # ----------------------------------------------------------------------------- host values
@@ -104,33 +81,28 @@ class Trainer:
     self.mesh = mesh or sharding.make_mesh(dict(cfg.mesh))
     abstract = nnx.eval_shape(lambda: WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(0)))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract)))
-    with phase("building the WorldPlay DiT",
-               size_note(n_params, np.dtype(self.mcfg.param_dtype).itemsize, jax.default_backend())):
-      model = WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(cfg.seed))
-      if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
-        randomize(model, cfg.seed)
-    if cfg.model.checkpoint:
-      from wc_jax.convert.common import load_orbax
-      with phase("loading the DiT checkpoint", cfg.model.checkpoint):
-        params, _ = load_orbax(cfg.model.checkpoint)
-        load_params(model, params)
+    size = size_note(n_params, np.dtype(self.mcfg.param_dtype).itemsize, jax.default_backend())
+    if cfg.model.checkpoint:                 # the run's model config wins; shapes are checked
+      with phase("loading the WorldPlay DiT", f"{size}, from {cfg.model.checkpoint}"):
+        model = load_model(kinds.DIT, cfg.model.checkpoint, **self.mcfg.to_dict())
+    else:
+      with phase("building the WorldPlay DiT", size):
+        model = WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(cfg.seed))
+        if cfg.model.get("init", "reference") == "random":
+          randomize(model, cfg.seed)
     self.apply, params = functional(model)
-    rl, opt = cfg.rl, cfg.optim
-    self.tx = make_optimizer(lr=opt.lr, weight_decay=opt.weight_decay, grad_clip=opt.grad_clip,
-                             grad_accum=opt.grad_accum, use_muon=opt.muon, muon_rms=opt.muon_rms, b1=opt.b1, b2=opt.b2)
+    rl = cfg.rl
+    # the update program `python -m wc_jax.plan --path=update` compiles (wc_jax.rl.programs)
+    program = programs.update_program(cfg, self.apply, params, self.mesh)
+    self.tx, self.update = program.tx, program.fn
+    self.param_shardings, self.state_shardings = program.param_shardings, program.state_shardings
     with phase("placing the train state on the mesh", f"{dict(self.mesh.shape)}"):
-      self.param_shardings = sharding.state_shardings(params, self.mesh)
       params = jax.device_put(params, self.param_shardings)
-      state = init_state(params, self.tx, cfg.seed)
-      self.state_shardings = state_shardings(state, self.param_shardings, self.mesh)
-      self.state = jax.device_put(state, self.state_shardings)
+      self.state = jax.device_put(init_state(params, self.tx, cfg.seed), self.state_shardings)
     self.engine = ClipRolloutEngine(self.apply, chunk=self.mcfg.chunk_latents, steps=rl.rollout_steps,
                                     shift=rl.shift, memory_frames=cfg.sampling.max_context_frames,
                                     recent=cfg.sampling.recent_context_frames,
                                     context_timestep=self.mcfg.context_timestep)
-    self.update = jitted_update(self.apply, self.tx, int(rl.rollout_steps), float(rl.shift), float(rl.sigma_fraction),
-                                float(rl.beta), float(rl.adv_clip), bool(rl.released_v_old),
-                                tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay))
     self.reward_stage = reward_stage
     self.data = data if data is not None else make_data(cfg, self.mcfg)
     self.workdir.mkdir(parents=True, exist_ok=True)    # only once the config was found valid
@@ -168,7 +140,7 @@ class Trainer:
     finite_rewards = all(bool(jnp.all(jnp.isfinite(v))) for v in scores.values())
     if finite_rewards:
       with sharding.use_mesh(self.mesh):
-        self.state, m = self.update(self.state, batch)
+        self.state, m = self.update(self.state, programs.place_batch(batch, self.mesh))
       m = {k: float(v) for k, v in m.items()}
     else:
       m = {"skipped_nonfinite": 1, "optimizer_step_applied": 0}

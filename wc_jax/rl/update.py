@@ -8,7 +8,6 @@ EMAs. A non-finite loss or gradient leaves the state unchanged and is reported.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -47,17 +46,6 @@ def state_shardings(state: TrainState, param_shardings, mesh) -> TrainState:
   from jax.sharding import NamedSharding, PartitionSpec as P
   rep = NamedSharding(mesh, P())
   return TrainState(param_shardings, like(state.opt_state), like(state.policy), like(state.ema), rep, rep)
-
-
-@functools.lru_cache(maxsize=16)
-def jitted_update(apply, tx, steps: int, shift: float, sigma_fraction: float, beta: float, adv_clip: float,
-                  released_v_old: bool, policy_ema: tuple, ckpt_ema_decay: float):
-  """One compiled update per (model structure, optimizer, hyper-parameters), shared by trainers."""
-  from wc_jax.rewards.nft import nft_sigma_schedule
-  fn = make_update_fn(apply, tx, sigma_schedule=nft_sigma_schedule(steps, shift), sigma_fraction=sigma_fraction,
-                      beta=beta, adv_clip=adv_clip, released_v_old=released_v_old, policy_ema=policy_ema,
-                      ckpt_ema_decay=ckpt_ema_decay)
-  return jax.jit(fn, donate_argnums=(0,))
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from wc_jax.convert import dit as dit_convert
+from wc_jax.convert.common import save_orbax
 from wc_jax.models.worldplay.config import from_config
 from wc_jax.models.worldplay.model import WorldPlayDiT, functional
 from wc_jax.world import data as D
@@ -112,8 +114,10 @@ def encode_text_tokens(apply, params, cond_states: dict):
 
 
 def save_params(params, out: pathlib.Path, cfg, extra: dict | None = None) -> None:
-  from wc_jax.convert.common import save_orbax
-  save_orbax(nnx.to_pure_dict(params), out, {"kind": "worldplay_dit", "model_config": cfg.model.to_dict(),
+  """Writes a DiT checkpoint like `python -m wc_jax.convert` does: kind "dit" and the model's
+  DiTConfig, so `load_model(kinds.DIT, out)` and `--orbax out --to-torch ...` read it (the
+  reference config.json is derived on export)."""
+  save_orbax(nnx.to_pure_dict(params), out, {"kind": dit_convert.KIND, "model_config": from_config(cfg.model).to_dict(),
                                              **(extra or {})})
 
 

@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wc_jax import sampling
-from wc_jax.context import select_context, sphere_points
-from wc_jax.rewards.labels import split_action
+from wc_jax.inference import RETRIEVAL_POINTS, ChunkEngine, i2v_condition
+from wc_jax.actions import split_action
 from wc_jax.world import data as D
-from wc_jax.world.base_train import build_cond, encode_text_tokens, scene_range, world_config
+from wc_jax.world.base_train import encode_text_tokens, scene_range, world_config
 from wc_jax.world.reward import predicted_actions, sharpness
 
 
@@ -36,62 +35,61 @@ def eval_clips(cfg, seed: int, num: int, latents: int) -> D.Clips:
   return D.make_clips(num, latents, [scenes[i] for i in pick], 10_000_000 + 1000 * seed, world_config(cfg))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _context(apply, params, hs, a, vm, k, tc, ts):
-  return apply(params, "context_cache", hs, a, vm, k, tc, timestep=ts)
+@functools.lru_cache(maxsize=16)
+def _engine(apply, chunk: int, steps: int, shift: float, memory: int, recent: int, context_timestep: float,
+            points: int) -> ChunkEngine:
+  return ChunkEngine(apply, chunk=chunk, steps=steps, shift=shift, memory_frames=memory, recent=recent,
+                     context_timestep=context_timestep, retrieval_points=points)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _denoise(apply, params, x, cond, a, vm, k, tc, ctx, sig):
-  def vel(x, t, aux):
-    p, tc, ctx = aux
-    return apply(p, "denoise_chunk", jnp.concatenate([x, cond], 1), jnp.full(a.shape, t), a, vm, k, tc, ctx)
-  return sampling.euler(vel, x, sig, (params, tc, ctx))
+def engine_for(apply, cfg) -> ChunkEngine:
+  """The chunk engine of (apply, cfg.sampling), built once per model function and settings,
+  so every evaluation of a model (every weight version, every batch of one shape) shares
+  its compiled programs. Retrieval uses the reference's RETRIEVAL_POINTS unless
+  cfg.sampling.retrieval_points says otherwise."""
+  s, m = cfg.sampling, cfg.model
+  return _engine(apply, int(m.chunk_latents), int(s.steps), float(s.shift), int(s.max_context_frames),
+                 int(s.recent_context_frames), float(m.context_timestep),
+                 int(s.get("retrieval_points", RETRIEVAL_POINTS)))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _text(apply, params, states):
-  return apply(params, "text_cache", encode_text_tokens(apply, params, states))
+_encode_tokens = jax.jit(encode_text_tokens, static_argnums=(0,))
+
+
+def text_cache(engine: ChunkEngine, params, cfg):
+  """The batch-1 text cache of the world's fixed conditioning (shared by every clip)."""
+  states = {k: jnp.asarray(v) for k, v in D.conditioning(cfg.model, cfg.text).items()}
+  return engine.encode_text(params, _encode_tokens(engine.apply, params, states))
+
+
+def generate_latents(engine: ChunkEngine, params, tc, first, actions, w2c, Ks, noise) -> jax.Array:
+  """[b, C, T, h, w]: AR generation from first-frame latents `first` [b, C, h, w] and initial
+  `noise` [b, C, T, h, w] along actions [b, T] / w2c [b, T, 4, 4] / Ks [b, T, 3, 3]. Context
+  retrieval uses the first row's poses for the whole batch."""
+  t = noise.shape[2]
+  out = engine.generate(params, latents=noise, cond=i2v_condition(first, t), viewmats=w2c, Ks=Ks, action=actions,
+                        text_cache=tc, w2c=np.asarray(w2c[0]))
+  return out.latents
 
 
 def rollout(apply, params, cfg, latent, clips: D.Clips, seed: int, batch: int = 16) -> np.ndarray:
   """AR-generates every clip from its first frame (no CFG); returns frames [N, L, H, W, 3].
 
-  Module-level jitted passes, so every model and batch of one shape shares compiled
-  programs. Context retrieval uses the first clip's poses for the whole batch; with
+  Runs through `engine_for(apply, cfg)`, so every model and batch of one shape shares
+  compiled programs. Context retrieval uses the first clip's poses for the whole batch; with
   memory = recent (configs/synthetic.py) the choice does not depend on poses at all.
   """
-  mcfg, s = cfg.model, cfg.sampling
-  chunk = int(mcfg.chunk_latents)
-  states = {k: jnp.asarray(v) for k, v in D.conditioning(mcfg, cfg.text).items()}
-  tc1 = _text(apply, params, states)
-  sig = jnp.asarray(sampling.sigmas(int(s.steps), float(s.shift)))
-  pts = sphere_points(2000, 8.0)
+  engine = engine_for(apply, cfg)
+  tc = text_cache(engine, params, cfg)
   out = []
   n, t = clips.actions.shape
   for a0 in range(0, n, batch):
     sl = slice(a0, a0 + batch)
     b = len(clips.actions[sl])
-    tc = type(tc1)(jnp.broadcast_to(tc1.k, tc1.k.shape[:1] + (b,) + tc1.k.shape[2:]),
-                   jnp.broadcast_to(tc1.v, tc1.v.shape[:1] + (b,) + tc1.v.shape[2:]),
-                   jnp.broadcast_to(tc1.mask, (b,) + tc1.mask.shape[1:]))
     first = latent.encode(clips.frames[sl, :1])[:, :, 0]                          # [b, C, h, w]
-    cond = build_cond(first, t)
-    act = jnp.asarray(clips.actions[sl], jnp.float32)
-    vm, ks = jnp.asarray(clips.w2c[sl]), jnp.asarray(clips.Ks[sl])
     key = jax.random.fold_in(jax.random.key(seed), a0)
-    lat = jax.random.normal(key, (b, first.shape[1], t) + first.shape[2:])
-    for s0 in range(0, t - chunk + 1, chunk):
-      c = slice(s0, s0 + chunk)
-      ctx = None
-      if s0 > 0:
-        idx = np.asarray(select_context(clips.w2c[a0], s0, pts, memory_frames=s.max_context_frames,
-                                        recent=s.recent_context_frames, chunk=chunk))
-        hs = jnp.concatenate([lat[:, :, idx], cond[:, :, idx]], axis=1)
-        ctx = _context(apply, params, hs, act[:, idx], vm[:, idx], ks[:, idx], tc,
-                       jnp.full((b, len(idx)), float(mcfg.context_timestep)))
-      x = _denoise(apply, params, lat[:, :, c], cond[:, :, c], act[:, c], vm[:, c], ks[:, c], tc, ctx, sig)
-      lat = lat.at[:, :, c].set(x)
+    noise = jax.random.normal(key, (b, first.shape[1], t) + first.shape[2:])
+    lat = generate_latents(engine, params, tc, first, clips.actions[sl], clips.w2c[sl], clips.Ks[sl], noise)
     out.append(np.asarray(latent.decode(lat)))
   return np.concatenate(out)
 

@@ -22,7 +22,7 @@ from flax import nnx
 
 from wc_jax.models import idm as idm_lib
 from wc_jax.rewards.idm import idm_reward
-from wc_jax.rl.trainer import RewardStage
+from wc_jax.rewards.stage import RewardStage
 
 
 def idm_config(cfg) -> idm_lib.IDMConfig:

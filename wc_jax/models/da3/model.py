@@ -1,7 +1,6 @@
 """DepthAnything3Net in Flax NNX, and the pose estimator the interaction reward calls.
 
-    params, meta = wc_jax.convert.common.load_orbax(path)      # converted with wc_jax.convert
-    model = from_params(DA3Config.from_dict(meta["model_config"]), params)
+    model = load_model(kinds.DA3, path)    # the checkpoint layer (convert/); models do no file I/O
     out = estimate_poses(model, frames)    # frames [F, H, W, 3] uint8 or in [0, 1]
     out["w2c"]                             # [F, 3, 4] float32, OpenCV axes, world = reference view
 

@@ -434,23 +434,3 @@ def _stringify(tree):
   if isinstance(tree, Mapping):
     return {str(k): _stringify(v) for k, v in tree.items()}
   return tree
-
-
-def load(path, mesh=None, **runtime) -> AutoencoderKL:
-  """Loads a VAE from a wc_jax Orbax folder or a reference folder (config.json + safetensors).
-
-  `runtime` overrides dtype / precision; with `mesh` the weights are placed by
-  their logical axis names as they are read.
-  """
-  import pathlib
-  from wc_jax.convert import vae as convert_vae
-  from wc_jax.convert.common import TensorSource, load_orbax, read_config
-  path = pathlib.Path(path)
-  if (path / "wc_jax.json").exists():
-    params, meta = load_orbax(path)
-    if meta.get("kind") != "vae":
-      raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a VAE")
-    model = model_from_params(VAEConfig.from_dict(meta["model_config"], **runtime), params)
-    return shard_model(model, mesh) if mesh is not None else model
-  model_config, params = convert_vae.torch_to_params(TensorSource(path), read_config(path), mesh=mesh)
-  return model_from_params(VAEConfig.from_dict(model_config, **runtime), params)

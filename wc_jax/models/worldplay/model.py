@@ -550,7 +550,7 @@ def abstract_model(cfg: DiTConfig) -> WorldPlayDiT:
 
 
 def load_params(model: nnx.Module, params: dict) -> nnx.Module:
-  """Assigns a nested dict of arrays (wc_jax layout, e.g. from wc_jax.convert) to `model`."""
+  """Assigns a nested dict of arrays (wc_jax layout, e.g. from a converter) to `model`."""
   state = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(state)
   missing, extra = _dict_diff(pure, params)

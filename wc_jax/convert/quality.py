@@ -12,8 +12,9 @@ linear probe): every 2-D `*weight` tensor is a Linear, in natural key order,
 with the matching `*bias`. In a single combined file they carry the prefix
 `aesthetic_head.`.
 
-The interface mirrors `wc_jax.convert` converters (KIND, matches,
-torch_to_params, params_to_torch, TORCH_FILENAME) so the registry can list it.
+A converter like the others in `wc_jax.convert` (KIND, matches, torch_to_params,
+params_to_torch, build_model, TORCH_FILENAME), plus `load_scorer` for an HF folder with
+a separate head file and `random_scorer` for smoke runs.
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wc_jax.convert.common import ConversionError, TensorSource, read_config
+from wc_jax.convert import kinds
+from wc_jax.convert.common import (ConversionError, TensorSource, match_keys, read_config,
+                                   save_torch_safetensors)
 from wc_jax.models.quality.clip import (AestheticHeadConfig, ClipAestheticScorer,
                                         ClipVisionConfig)
 
-KIND = "clip_aesthetic"
+KIND = kinds.CLIP_AESTHETIC
 TORCH_FILENAME = "model.safetensors"
 HEAD_PREFIX = "aesthetic_head."
 _IGNORED = re.compile(r"^(text_model\.|text_projection\.|logit_scale$|vision_model\.embeddings\.position_ids$)")
@@ -102,7 +105,7 @@ def _set(tree: dict, path, value):
 
 def _get(tree, path):
   for p in path:
-    tree = tree[p]
+    tree = tree[p] if p in tree else tree[str(p)]   # Orbax restores int keys as strings
   return tree
 
 
@@ -191,8 +194,9 @@ def params_to_torch(params: Mapping, model_config: dict, dtype=None, reference_c
   layers = params["head"]["layers"]
   prefixes = model_config.get("head_key_prefixes") or [f"layers.{i}." for i in range(len(layers))]
   for i, pre in enumerate(prefixes):
-    tensors[HEAD_PREFIX + pre + "weight"] = _to_torch(layers[i]["kernel"], "linear", dtype)
-    tensors[HEAD_PREFIX + pre + "bias"] = _to_torch(layers[i]["bias"], "copy", dtype)
+    layer = _get(layers, (i,))
+    tensors[HEAD_PREFIX + pre + "weight"] = _to_torch(layer["kernel"], "linear", dtype)
+    tensors[HEAD_PREFIX + pre + "bias"] = _to_torch(layer["bias"], "copy", dtype)
   ref = dict(reference_config) if reference_config else cfg.to_hf()
   return ref, tensors
 
@@ -205,12 +209,20 @@ def build_scorer(model_config: dict, params: Mapping, dtype=jnp.float32) -> Clip
   head = AestheticHeadConfig(**head_kw)
   abstract = nnx.eval_shape(lambda: ClipAestheticScorer(vision, head, dtype=dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
-  want = jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(state))
+  pure = nnx.to_pure_dict(state)
+  params = match_keys(params, pure)
+  want = jax.tree.map(lambda x: tuple(x.shape), pure)
   got = jax.tree.map(lambda x: tuple(np.shape(x)), dict(params))
   if want != got:
     raise ConversionError("converted params do not match the scorer's structure")
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
   return nnx.merge(graphdef, state)
+
+
+def build_model(model_config: dict, params: Mapping, mesh=None, dtype=jnp.float32) -> ClipAestheticScorer:
+  """The registry's entry point (`load_model`): the scorer is small and stays replicated."""
+  del mesh
+  return build_scorer(model_config, params, dtype=dtype)
 
 
 def scorer_params(scorer: ClipAestheticScorer) -> dict:
@@ -240,7 +252,6 @@ def load_scorer(path, head_path=None, *, dtype=jnp.float32, head_activation: str
 def save_scorer(scorer: ClipAestheticScorer, out_dir, head_key_prefixes=None):
   """Writes the scorer as one HF-layout safetensors file + config.json (head under
   `aesthetic_head.`), readable by `load_scorer`."""
-  from wc_jax.convert.common import save_torch_safetensors
   model_config = {"vision": dataclasses.asdict(scorer.vision.tower.config),
                   "head": dataclasses.asdict(scorer.head.config),
                   "head_key_prefixes": head_key_prefixes}

@@ -5,7 +5,7 @@ allowed, not minutes later as a traceback from deep inside a model. `validate(cf
 every section it knows that the config has; `check_workdir` checks the output folder
 without creating anything.
 
-    from wc_jax import run_config
+    from wc_jax.rl import config as run_config
     run_config.validate(cfg, required=run_config.TRAIN_SECTIONS)   # raises ConfigError
 """
 from __future__ import annotations
@@ -222,9 +222,6 @@ def _check_cross(cfg) -> None:
       raise ConfigError("rl.fixed_clip", rl.fixed_clip, f"must be <= rl.max_clip ({rl.max_clip})")
   if "sampling" in cfg:
     s = cfg.sampling
-    if s.recent_context_frames > s.max_context_frames:
-      raise ConfigError("sampling.recent_context_frames", s.recent_context_frames,
-                        f"must be <= sampling.max_context_frames ({s.max_context_frames})")
     if "model" in cfg and "patch_size" in cfg.model:
       p = tuple(cfg.model.patch_size)
       for key, axis in (("latent_height", 1), ("latent_width", 2)):

@@ -74,7 +74,8 @@ def select_context(w2c, start: int, points_local, memory_frames: int = 20, recen
 
 
 def sphere_points(n: int, radius: float, seed: int = 0) -> np.ndarray:
-  """Uniform points in a ball (the reference samples 50000 in radius 8 for the overlap test)."""
+  """Uniform points in a ball (the reference samples 50000 in radius 8 for the overlap test;
+  `wc_jax.inference.engine.RETRIEVAL_POINTS`)."""
   rng = np.random.default_rng(seed)
   r = radius * rng.random(n) ** (1 / 3)
   phi = 2 * np.pi * rng.random(n)

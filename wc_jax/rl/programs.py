@@ -1,0 +1,95 @@
+"""The compiled update of an RL step, built once from a config: what `train` runs is what
+`plan` compiles (as MaxText's train_compile.py: the plan is the program that runs).
+
+    prog = update_program(cfg, apply, params, mesh)         # params: arrays or ShapeDtypeStructs
+    state = jax.device_put(init_state(params, prog.tx, seed), prog.state_shardings)
+    state, metrics = prog.fn(state, place_batch(batch, mesh))   # train
+    prog.fn.lower(abstract_state(prog, params), abstract_batch).compile()   # plan
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from wc_jax import sharding
+from wc_jax.models.worldplay.model import TextCache, VisionCache
+from wc_jax.rewards.nft import nft_sigma_schedule
+from wc_jax.rl.optim import make_optimizer
+from wc_jax.rl.update import UpdateBatch, init_state, make_update_fn, state_shardings
+
+
+def optimizer(cfg) -> optax.GradientTransformation:
+  """The `optim` section as an optax transformation (one object per setting: see make_optimizer)."""
+  o = cfg.optim
+  return make_optimizer(lr=float(o.lr), weight_decay=float(o.weight_decay), grad_clip=float(o.grad_clip),
+                        grad_accum=int(o.grad_accum), use_muon=bool(o.muon), muon_rms=float(o.muon_rms),
+                        b1=float(o.b1), b2=float(o.b2))
+
+
+def _hyper(cfg) -> tuple:
+  rl = cfg.rl
+  return (int(rl.rollout_steps), float(rl.shift), float(rl.sigma_fraction), float(rl.beta), float(rl.adv_clip),
+          bool(rl.released_v_old), tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay))
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateProgram:
+  tx: optax.GradientTransformation
+  param_shardings: Any        # tree like the parameters
+  state_shardings: Any        # TrainState of shardings (optimizer moments and EMAs like their parameters)
+  fn: Any                     # jitted update(state, batch) -> (state, metrics); state donated
+
+
+_CACHE: dict = {}
+
+
+def update_program(cfg, apply, params_like, mesh) -> UpdateProgram:
+  """The update step with its shardings. One compiled object per (model, optimizer,
+  hyper-parameters, mesh, parameter shapes): trainers of the same config share it."""
+  tx = optimizer(cfg)
+  param_shardings = sharding.state_shardings(params_like, mesh)
+  state_like = jax.eval_shape(lambda p: init_state(p, tx, 0), params_like)
+  st_shard = state_shardings(state_like, param_shardings, mesh)
+  key = (apply, tx, _hyper(cfg), mesh, jax.tree.structure(params_like),
+         tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(params_like)))
+  fn = _CACHE.get(key)
+  if fn is None:
+    steps, shift, frac, beta, adv_clip, released, policy_ema, ckpt_ema = _hyper(cfg)
+    update = make_update_fn(apply, tx, sigma_schedule=nft_sigma_schedule(steps, shift), sigma_fraction=frac,
+                            beta=beta, adv_clip=adv_clip, released_v_old=released, policy_ema=policy_ema,
+                            ckpt_ema_decay=ckpt_ema)
+    fn = _CACHE[key] = jax.jit(update, out_shardings=(st_shard, NamedSharding(mesh, P())), donate_argnums=(0,))
+  return UpdateProgram(tx, param_shardings, st_shard, fn)
+
+
+def batch_shardings(batch: UpdateBatch, mesh) -> UpdateBatch:
+  """Where the update's inputs live: the batch-1 caches with their layer/token axes split as
+  the model's rules say, everything else (K kept candidates, condition, camera) replicated."""
+  rep = NamedSharding(mesh, P())
+
+  def cache(logical, x):
+    return NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(logical, mesh=mesh), x.shape, mesh))
+  kv_t = ("layers", "activation_batch", "activation_length", "activation_heads", None)
+  kv_v = ("layers", None, "activation_batch", "activation_length", "activation_heads", None)
+  tc, vc = batch.text_cache, batch.ctx
+  text = TextCache(cache(kv_t, tc.k), cache(kv_t, tc.v), jax.tree.map(lambda _: rep, tc.mask))
+  ctx = None if vc is None else VisionCache(cache(kv_v, vc.k), cache(kv_v, vc.v), jax.tree.map(lambda _: rep, vc.valid),
+                                            jax.tree.map(lambda _: rep, vc.frames))
+  return UpdateBatch(rep, rep, rep, rep, rep, rep, text, ctx)
+
+
+def place_batch(batch: UpdateBatch, mesh) -> UpdateBatch:
+  return jax.device_put(batch, batch_shardings(batch, mesh))
+
+
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree` carrying `shardings` (for lowering without allocating)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  where = jax.tree.leaves(shardings)   # a NamedSharding per array (nnx Variables flatten to their value)
+  if len(where) != len(leaves):
+    raise ValueError(f"{len(where)} shardings for {len(leaves)} arrays")
+  return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, where)])
