@@ -58,6 +58,18 @@ def test_curriculum():
     target_clip(1, "fixed", 4, fixed_clip=9)
 
 
+def test_stacked_layers_come_from_the_models_metadata():
+  from flax import nnx
+  from wc_jax.models.worldplay.config import from_config
+  from wc_jax.models.worldplay.model import WorldPlayDiT, functional
+  _, state = functional(nnx.eval_shape(lambda: WorldPlayDiT(from_config(micro_config().model), rngs=nnx.Rngs(0))))
+  stacked = sharding.stacked_layer_paths(state)
+  assert ("double_blocks", "img_mod", "kernel") in stacked and ("img_in", "proj", "kernel") not in stacked
+  assert {p[0] for p in stacked} == {"double_blocks"}      # the refiner is not stacked: as before
+  dims = muon_dims(state, stacked)
+  assert dims["double_blocks"]["img_mod"]["kernel"].value == MuonDimensionNumbers(1, 2)
+
+
 def test_ema_decays():
   assert np.allclose([float(policy_decay(s)) for s in (0, 10, 70, 1000)], [0.2, 0.3, 0.9, 0.9])
   out = ema_update({"w": jnp.ones(2)}, {"w": jnp.zeros(2)}, 0.9)
@@ -67,11 +79,13 @@ def test_ema_decays():
 def test_muon_for_matrices_adamw_for_the_rest():
   params = {"double_blocks": {"fc": {"kernel": jnp.ones((3, 4, 5)), "bias": jnp.ones((3, 5))}},
             "img_in": {"kernel": jnp.ones((4, 6)), "bias": jnp.ones(6)}}
-  dims = muon_dims(params)
+  stacked = frozenset({("double_blocks", "fc", "kernel"), ("double_blocks", "fc", "bias")})
+  dims = muon_dims(params, stacked)
   assert dims["double_blocks"]["fc"]["kernel"] == MuonDimensionNumbers(1, 2)
   assert dims["img_in"]["kernel"] == MuonDimensionNumbers(0, 1)
   assert dims["double_blocks"]["fc"]["bias"] is None and dims["img_in"]["bias"] is None
-  tx = make_optimizer(lr=1e-2, grad_clip=2.0)
+  assert muon_dims(params)["double_blocks"]["fc"]["kernel"] is None   # unstacked 3-D core: AdamW
+  tx = make_optimizer(lr=1e-2, grad_clip=2.0, stacked=stacked)
   grads = jax.tree.map(lambda x: jnp.full_like(x, 100.0), params)
   upd, _ = tx.update(grads, tx.init(params), params)
   # Muon update of a 4x6 matrix: orthogonalised, scaled 0.2*sqrt(max(4,6)) -> RMS ~ 0.2*lr
@@ -96,7 +110,7 @@ def test_clip_rollout_is_o_n_plus_g_and_shares_one_context(tmp_path):
   assert np.abs(x[0] - x[1]).max() > 1e-3                    # fresh noise per candidate
   # each candidate equals a batch-1 run against the same context cache
   noise = jax.random.normal(jax.random.split(jax.random.key(0))[1], (4, 4, 4, 4, 6))   # the engine's draw
-  one = tr.engine._candidates(tr.state.policy, noise[:1], r.cond, r.action, r.viewmats, r.Ks, r.text_cache, r.ctx)
+  one = tr.engine.denoise(tr.state.policy, noise[:1], r.cond, r.action, r.viewmats, r.Ks, r.text_cache, r.ctx)
   np.testing.assert_allclose(np.asarray(one[0]), x[0], atol=1e-5)
 
 

@@ -28,6 +28,7 @@ from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
 from wc_jax.models.worldplay import flops as flops_lib
 from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
+from wc_jax.inference import ChunkEngine
 from wc_jax.rl import programs
 from wc_jax.rl.update import UpdateBatch, init_state
 
@@ -128,7 +129,6 @@ def make_step(apply, path: str, causal: bool = True):
 
 def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
   """(jitted fn, abstract args, forward FLOPs) of the rollout or the update step."""
-  from wc_jax.inference import denoise_candidates as _candidates_fn
   rl, s = cfg.rl, cfg.sampling
   sds = jax.ShapeDtypeStruct
   one = abstract_inputs(mcfg, cfg, "ar", 1)
@@ -142,8 +142,11 @@ def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
             one["viewmats"], one["Ks"], one["text_cache"], one["ctx"], sds((rl.rollout_steps + 1,), jnp.float32))
     cand = NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
     shard = (param_shard, cand, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"], rep)
-    fn = jax.jit(lambda *a: _candidates_fn(apply, *a), in_shardings=shard)
-    return fn, args, g * rl.rollout_steps
+    # the RL rollout's own compiled denoiser (the trainer's ClipRolloutEngine is a ChunkEngine)
+    engine = ChunkEngine(apply, chunk=chunk, steps=int(rl.rollout_steps), shift=float(rl.shift),
+                         memory_frames=int(s.max_context_frames), recent=int(s.recent_context_frames),
+                         context_timestep=float(mcfg.context_timestep), points_local=np.zeros((1, 3), np.float32))
+    return engine.denoise_program, programs.abstract(args, shard), g * rl.rollout_steps
   # the trainer's own update program and shardings (wc_jax.rl.programs), lowered on abstract inputs
   program = programs.update_program(cfg, apply, state, mesh)
   train_state = jax.eval_shape(lambda p: init_state(p, program.tx, 0), state)

@@ -160,6 +160,14 @@ def logical_axes_of(variable) -> tuple | None:
   return None
 
 
+def stacked_layer_paths(state) -> frozenset:
+  """Key paths of the parameters whose first logical axis is "layers" (stacked by nnx.vmap and
+  run with nnx.scan), read from the Variables' metadata."""
+  flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+  return frozenset(path_keys(p) for p, v in flat
+                   if isinstance(v, nnx.Variable) and (logical_axes_of(v) or (None,))[0] == "layers")
+
+
 def state_shardings(state, mesh: Mesh):
   """NamedShardings for an nnx.State, from each Variable's `sharding_names` metadata."""
   def one(x):
@@ -201,7 +209,8 @@ def use_mesh(mesh: Mesh):
     yield mesh
 
 
-def _path_keys(path) -> tuple[str, ...]:
+def path_keys(path) -> tuple[str, ...]:
+  """A jax key path as plain strings, e.g. ('double_blocks', 'img_mod', 'kernel', 'value')."""
   out = []
   for p in path:
     for attr in ("key", "name", "idx"):
@@ -219,11 +228,11 @@ def shardings_like_params(tree, params, param_shardings, mesh: Mesh):
   sharding; anything else (step counters, scalars) is replicated."""
   table = {}
   for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)):
-    table[_path_keys(path)] = (tuple(leaf.shape), sh)
+    table[path_keys(path)] = (tuple(leaf.shape), sh)
   replicated = NamedSharding(mesh, P())
 
   def one(path, leaf):
-    keys = _path_keys(path)
+    keys = path_keys(path)
     shape = tuple(getattr(leaf, "shape", ()))
     for i in range(len(keys)):
       hit = table.get(keys[i:])

@@ -111,6 +111,9 @@ class ChunkEngine:
     self._text = jax.jit(self._text_program)
     self._context = jax.jit(self._context_program)
     self._denoise = jax.jit(self._denoise_program)
+    # the compiled candidate denoiser, public so that `python -m wc_jax.plan --path=rollout`
+    # lowers the very program the RL rollout runs
+    self.denoise_program = self._denoise
 
   @classmethod
   def from_config(cls, apply, cfg, **overrides) -> "ChunkEngine":

@@ -15,6 +15,7 @@ from wc_jax.models.da3 import config as da3_config
 from wc_jax.models.da3 import model as da3_model
 from wc_jax.models.quality import clip as clip_lib
 from wc_jax.models import vae as vae_lib
+from wc_jax.progress import phase
 from wc_jax.rewards.interaction import interaction_reward
 from wc_jax.rewards.quality import quality_drift_reward
 from wc_jax.rewards.stage import RewardStage
@@ -69,19 +70,28 @@ def build_scorer(qcfg):
 
 def build_reward_stage(cfg, latent_channels: int) -> RewardStage:
   rcfg = cfg.rewards
-  decode = make_decoder(build_vae(cfg.vae, latent_channels))
+  with phase("building the VAE decoder", cfg.vae.checkpoint or "random weights"):
+    decode = make_decoder(build_vae(cfg.vae, latent_channels))
   fns = {}
   weights = {}
+  models = {}                       # each reward model is built once, whichever rewards use it
+
+  def model(key, what, build, section):
+    if key not in models:
+      with phase(f"building the {what}", section.checkpoint or "random weights"):
+        models[key] = build(section)
+    return models[key]
+
   for name, weight in rcfg.weights.items():
     if name in ("fine_action", "action"):
-      pose_model = build_pose_model(rcfg.pose)
+      pose_model = model("pose", "pose model (Depth Anything 3)", build_pose_model, rcfg.pose)
 
       def action_fn(frames, first, actions, kind=name, pose_model=pose_model):
         acts = actions.astype(jnp.int32)
         return jax.vmap(lambda f: interaction_reward(f, acts, pose_model, kind=kind))(frames)
       fns[name] = action_fn
     elif name in ("drift",):
-      scorer = build_scorer(rcfg.quality)
+      scorer = model("quality", "quality scorer (CLIP aesthetic)", build_scorer, rcfg.quality)
 
       def drift_fn(frames, first, actions, scorer=scorer):
         return jax.vmap(lambda f: quality_drift_reward(f, scorer, first))(frames)

@@ -13,15 +13,17 @@ import jax
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-
-def _is_stacked(path) -> bool:
-  return any(str(getattr(p, "key", p)) == "double_blocks" for p in path)
+from wc_jax.sharding import path_keys
 
 
-def muon_dims(params):
-  """Per leaf: MuonDimensionNumbers for matrices (stacked ones per layer), None -> AdamW."""
+def muon_dims(params, stacked: frozenset = frozenset()):
+  """Per leaf: MuonDimensionNumbers for matrices (stacked ones per layer), None -> AdamW.
+
+  `stacked`: key paths of per-layer stacked parameters [L, ...] (`sharding.stacked_layer_paths`
+  reads them from the model's "layers" axis metadata); their leading axis is not a matrix axis."""
   def one(path, x):
-    core = x.ndim - (1 if _is_stacked(path) else 0)
+    keys = path_keys(path)
+    core = x.ndim - (1 if any(keys[:len(p)] == p for p in stacked) else 0)
     if core < 2:
       return None
     if core == 2:
@@ -34,14 +36,14 @@ def muon_dims(params):
 @functools.lru_cache(maxsize=32)   # one object per setting: jitted steps keyed on it are shared
 def make_optimizer(lr: float = 1e-5, weight_decay: float = 1e-4, grad_clip: float = 2.0, grad_accum: int = 1,
                    use_muon: bool = True, muon_rms: float = 0.2, b1: float = 0.9, b2: float = 0.999,
-                   muon_beta: float = 0.95) -> optax.GradientTransformation:
+                   muon_beta: float = 0.95, stacked: frozenset = frozenset()) -> optax.GradientTransformation:
   if lr <= 0:
     raise ValueError(f"lr must be > 0, got {lr}")
   if grad_accum < 1:
     raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
   if use_muon:
     core = optax.contrib.muon(learning_rate=lr, beta=muon_beta, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
-                              adam_weight_decay=weight_decay, muon_weight_dimension_numbers=muon_dims,
+                              adam_weight_decay=weight_decay, muon_weight_dimension_numbers=functools.partial(muon_dims, stacked=stacked),
                               consistent_rms=muon_rms)
   else:
     core = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)

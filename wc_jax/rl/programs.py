@@ -22,12 +22,13 @@ from wc_jax.rl.optim import make_optimizer
 from wc_jax.rl.update import UpdateBatch, init_state, make_update_fn, state_shardings
 
 
-def optimizer(cfg) -> optax.GradientTransformation:
-  """The `optim` section as an optax transformation (one object per setting: see make_optimizer)."""
+def optimizer(cfg, params_like) -> optax.GradientTransformation:
+  """The `optim` section as an optax transformation (one object per setting: see make_optimizer);
+  Muon treats the parameters stacked over "layers" per layer (from their metadata)."""
   o = cfg.optim
   return make_optimizer(lr=float(o.lr), weight_decay=float(o.weight_decay), grad_clip=float(o.grad_clip),
                         grad_accum=int(o.grad_accum), use_muon=bool(o.muon), muon_rms=float(o.muon_rms),
-                        b1=float(o.b1), b2=float(o.b2))
+                        b1=float(o.b1), b2=float(o.b2), stacked=sharding.stacked_layer_paths(params_like))
 
 
 def _hyper(cfg) -> tuple:
@@ -50,7 +51,7 @@ _CACHE: dict = {}
 def update_program(cfg, apply, params_like, mesh) -> UpdateProgram:
   """The update step with its shardings. One compiled object per (model, optimizer,
   hyper-parameters, mesh, parameter shapes): trainers of the same config share it."""
-  tx = optimizer(cfg)
+  tx = optimizer(cfg, params_like)
   param_shardings = sharding.state_shardings(params_like, mesh)
   state_like = jax.eval_shape(lambda p: init_state(p, tx, 0), params_like)
   st_shard = state_shardings(state_like, param_shardings, mesh)

@@ -59,10 +59,6 @@ class ClipRolloutEngine(ChunkEngine):
   context and candidate programs.
   """
 
-  def _candidates(self, model_state, noise, cond, a, vm, k, tc, ctx):
-    """G candidates (batch of `noise`) against one broadcast context (the engine's denoise)."""
-    return self.denoise(model_state, noise, cond, a, vm, k, tc, ctx)
-
   def rollout(self, model_state, text: TextTokens, traj: Trajectory, clip: int, num_candidates: int,
               key: jax.Array) -> ClipRollout:
     """Prefix once, context once, G candidates of clip `clip` batched.

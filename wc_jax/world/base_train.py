@@ -29,6 +29,7 @@ from wc_jax.models.worldplay.config import from_config
 from wc_jax.models.worldplay.model import WorldPlayDiT, functional
 from wc_jax.world import data as D
 from wc_jax.world.latent import PatchLatent
+from wc_jax.inference.engine import i2v_condition
 
 
 def world_config(cfg) -> D.WorldConfig:
@@ -99,12 +100,7 @@ def make_loss(apply, mcfg, *, shift: float, clean_context_prob: float, context_t
   return loss_fn
 
 
-def build_cond(first, t: int):
-  """[B, C, h, w] first-frame latents -> [B, C+1, T, h, w] i2v condition (as rollout.cond_latents)."""
-  b, c, h, w = first.shape
-  cond = jnp.zeros((b, c + 1, t, h, w), jnp.float32)
-  cond = cond.at[:, :c, 0].set(first)
-  return cond.at[:, c, 0].set(1.0)
+build_cond = i2v_condition   # [B, C, h, w] first-frame latents -> [B, C+1, T, h, w]: the engine's condition
 
 
 def encode_text_tokens(apply, params, cond_states: dict):
