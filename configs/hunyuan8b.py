@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.init = "reference"
 
   c.sampling = ml_collections.ConfigDict(dict(
-      steps=40, shift=5.0, max_context_frames=20, recent_context_frames=12, context_policy="fov",
+      steps=40, shift=5.0, max_context_frames=20, recent_context_frames=12,
       chunks=16, latent_height=30, latent_width=52))
 
   c.text = ml_collections.ConfigDict(dict(text_tokens=1000, byt5_tokens=256, vision_tokens=729))

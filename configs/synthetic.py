@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
       height=24, width=24, focal=0.6, step=0.5, angle_deg=15.0, min_segment=2, max_segment=6,
       max_pitch_deg=30.0, detail=0.0, patch=4, supersample=2, latent_scale="global",
       train_scenes=(0, 400), judge_scenes=(20000, 20400), eval_scenes=(10000, 10064),  # [first, last)
-      train_clips=1200, train_latents=12, idm_clips=1200, idm_latents=9))
+      train_clips=1200, train_latents=12, idm_clips=1200))
 
   c.model = ml_collections.ConfigDict(dict(
       latent_channels=48, out_channels=48, patch_size=(1, 1, 1), hidden_size=96, heads=3, depth=2,
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   # memory 4 + recent 4: chunk n >= 3 sees the first chunk and the 4 latents before it,
   # the positions base training covers (12 latents).
   c.sampling = ml_collections.ConfigDict(dict(
-      steps=8, shift=3.0, max_context_frames=4, recent_context_frames=4, context_policy="fov",
+      steps=8, shift=3.0, max_context_frames=4, recent_context_frames=4,
       chunks=3, latent_height=6, latent_width=6))
 
   c.text = ml_collections.ConfigDict(dict(text_tokens=8, byt5_tokens=4, vision_tokens=4))

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.init = "random"            # "reference" zero-inits output layers (a fresh model predicts v = 0)
 
   c.sampling = ml_collections.ConfigDict(dict(
-      steps=4, shift=5.0, max_context_frames=20, recent_context_frames=12, context_policy="fov",
+      steps=4, shift=5.0, max_context_frames=20, recent_context_frames=12,
       chunks=4, latent_height=4, latent_width=6))
 
   c.text = ml_collections.ConfigDict(dict(text_tokens=12, byt5_tokens=6, vision_tokens=5))

@@ -141,7 +141,7 @@ _MODEL_EXTRA = {"checkpoint": existing_path("a wc_jax Orbax DiT checkpoint"),
 SECTIONS: dict[str, dict[str, Rule]] = {
     "sampling": dict(
         steps=integer(1), shift=number(0, lo_open=True), max_context_frames=integer(1),
-        recent_context_frames=integer(0), context_policy=choice(("fov",)), chunks=integer(1),
+        recent_context_frames=integer(0), chunks=integer(1),
         latent_height=integer(1), latent_width=integer(1)),
     "text": dict(text_tokens=integer(1), byt5_tokens=integer(1), vision_tokens=integer(1)),
     "mesh": dict(data=integer(1, also=(-1,)), fsdp=integer(1, also=(-1,)), context=integer(1, also=(-1,)),
