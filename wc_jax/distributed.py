@@ -187,6 +187,16 @@ def plan(cfg=None, environ: Mapping[str, str] | None = None, *, tpu_chips: int |
   return Plan(False, {}, "single host (no multi-host environment detected)")
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process when it is True on any (so that all processes take the same branch)."""
+  import jax
+  if jax.process_count() == 1:
+    return bool(flag)
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 def is_initialized() -> bool:
   from jax._src import distributed as jax_distributed
   return jax_distributed.global_state.client is not None

@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from wc_jax import cli
+from wc_jax.convert import kinds, load_model
 from wc_jax.inference import ChunkEngine, i2v_condition
 from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
 from wc_jax.models.worldplay.config import DiTConfig, from_config
-from wc_jax.models.worldplay.model import build, functional, load_params, randomize
+from wc_jax.models.worldplay.model import build, functional, randomize
 
 _CONFIG = cli.config_flag("configs/tiny.py")
 _WORKDIR = cli.string_flag("workdir", "/tmp/wc_jax_generate", "where outputs are written")
@@ -63,18 +64,15 @@ def write_gif(latents: np.ndarray, path: pathlib.Path, scale: int = 8) -> None:
 
 
 def build_model(cfg, mcfg: DiTConfig):
-  """The DiT of `cfg.model`: random-init (seeded with cfg.seed) or a converted checkpoint."""
+  """The DiT of `cfg.model`: a converted checkpoint (the run's model config wins, shapes are
+  checked) or a random init seeded with cfg.seed."""
+  if cfg.model.checkpoint:
+    with phase("loading the WorldPlay DiT", cfg.model.checkpoint):
+      return load_model(kinds.DIT, cfg.model.checkpoint, **mcfg.to_dict())
   with phase("building the WorldPlay DiT", f"{mcfg.hidden_size} wide, {mcfg.depth} blocks"):
     model = build(mcfg, seed=cfg.seed)
-    if cfg.model.get("init", "reference") == "random" and not cfg.model.checkpoint:
+    if cfg.model.get("init", "reference") == "random":
       randomize(model, cfg.seed)   # the reference zero-inits output layers: a fresh model predicts v = 0
-  if cfg.model.checkpoint:
-    from wc_jax.convert.common import load_orbax
-    with phase("loading the DiT checkpoint", cfg.model.checkpoint):
-      params, meta = load_orbax(cfg.model.checkpoint)
-      if meta.get("kind") != "dit":
-        raise ValueError(f"{cfg.model.checkpoint} holds a {meta.get('kind')} checkpoint, not a DiT")
-      load_params(model, params)
   return model
 
 
@@ -102,8 +100,7 @@ def make_inputs(cfg, mcfg: DiTConfig) -> dict:
 
 def make_engine(apply, cfg, mcfg: DiTConfig) -> ChunkEngine:
   """The chunk engine of `cfg.sampling` (retrieval points seeded with cfg.seed, as before)."""
-  return ChunkEngine.from_config(apply, cfg, chunk=mcfg.chunk_latents, context_timestep=mcfg.context_timestep,
-                                 retrieval_seed=cfg.seed)
+  return ChunkEngine.from_config(apply, cfg, retrieval_seed=cfg.seed)
 
 
 def run(cfg, workdir: str) -> dict:

@@ -28,7 +28,6 @@ from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
 from wc_jax.models.worldplay import flops as flops_lib
 from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
-from wc_jax.inference import ChunkEngine
 from wc_jax.rl import programs
 from wc_jax.rl.update import UpdateBatch, init_state
 
@@ -99,14 +98,10 @@ def input_shardings(inputs, mesh):
   # caches carry the layer axis first: batch is axis 1 (text) / 2 (vision), tokens over `context`
   if "text_cache" in inputs:
     tc, vc = inputs["text_cache"], inputs["ctx"]
-    kv_t = sharding.logical_to_spec(("layers", "activation_batch", "activation_length", "activation_heads", None), mesh=mesh)
-    kv_v = sharding.logical_to_spec(("layers", None, "activation_batch", "activation_length", "activation_heads", None),
-                                    mesh=mesh)
-    out["text_cache"] = TextCache(NamedSharding(mesh, sharding.fit_spec(kv_t, tc.k.shape, mesh)),
-                                  NamedSharding(mesh, sharding.fit_spec(kv_t, tc.v.shape, mesh)), out["text_cache"].mask)
-    out["ctx"] = VisionCache(NamedSharding(mesh, sharding.fit_spec(kv_v, vc.k.shape, mesh)),
-                             NamedSharding(mesh, sharding.fit_spec(kv_v, vc.v.shape, mesh)), out["ctx"].valid,
-                             out["ctx"].frames)
+    out["text_cache"] = TextCache(programs.kv_sharding(tc.k, mesh), programs.kv_sharding(tc.v, mesh),
+                                  out["text_cache"].mask)
+    out["ctx"] = VisionCache(programs.kv_sharding(vc.k, mesh, vision=True), programs.kv_sharding(vc.v, mesh, vision=True),
+                             out["ctx"].valid, out["ctx"].frames)
   return out
 
 
@@ -142,11 +137,8 @@ def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
             one["viewmats"], one["Ks"], one["text_cache"], one["ctx"], sds((rl.rollout_steps + 1,), jnp.float32))
     cand = NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
     shard = (param_shard, cand, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"], rep)
-    # the RL rollout's own compiled denoiser (the trainer's ClipRolloutEngine is a ChunkEngine)
-    engine = ChunkEngine(apply, chunk=chunk, steps=int(rl.rollout_steps), shift=float(rl.shift),
-                         memory_frames=int(s.max_context_frames), recent=int(s.recent_context_frames),
-                         context_timestep=float(mcfg.context_timestep), points_local=np.zeros((1, 3), np.float32))
-    return engine.denoise_program, programs.abstract(args, shard), g * rl.rollout_steps
+    # the RL rollout's own compiled denoiser, with the trainer's settings
+    return programs.rollout_engine(cfg, apply).denoise_program, programs.abstract(args, shard), g * rl.rollout_steps
   # the trainer's own update program and shardings (wc_jax.rl.programs), lowered on abstract inputs
   program = programs.update_program(cfg, apply, state, mesh)
   train_state = jax.eval_shape(lambda p: init_state(p, program.tx, 0), state)

@@ -21,9 +21,9 @@ import sys
 import warnings
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from wc_jax.distributed import any_process
 from wc_jax.rl.update import TrainState
 
 log = logging.getLogger("wc_jax.train")
@@ -99,14 +99,6 @@ def _drop_abandoned_read_noise() -> None:
 
 def _multiprocess() -> bool:
   return jax.process_count() > 1
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every process when it is True on any (all processes must take the same branch)."""
-  if not _multiprocess():
-    return bool(flag)
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 class Checkpointer:
@@ -199,7 +191,7 @@ class Checkpointer:
                                                                     data=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  (Orbax, TensorStore, JSON, ...: the step is unreadable)
         err = e
-      if _any_process(err is not None):   # every process moves on to the same older step
+      if any_process(err is not None):   # every process moves on to the same older step
         failed.append((step, _one_line(err, strip=f"{self.directory}{os.sep}") if err is not None
                        else "failed on another process"))
         del err

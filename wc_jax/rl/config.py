@@ -168,13 +168,6 @@ SECTIONS: dict[str, dict[str, Rule]] = {
 }
 
 
-def _value(cfg, dotted: str):
-  node = cfg
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
 def _check_section(cfg, name: str) -> None:
   section = cfg[name]
   rules = SECTIONS[name]

@@ -19,6 +19,7 @@ from wc_jax import sharding
 from wc_jax.models.worldplay.model import TextCache, VisionCache
 from wc_jax.rewards.nft import nft_sigma_schedule
 from wc_jax.rl.optim import make_optimizer
+from wc_jax.rl.rollout import ClipRolloutEngine
 from wc_jax.rl.update import UpdateBatch, init_state, make_update_fn, state_shardings
 
 
@@ -67,19 +68,28 @@ def update_program(cfg, apply, params_like, mesh) -> UpdateProgram:
   return UpdateProgram(tx, param_shardings, st_shard, fn)
 
 
+def kv_sharding(x, mesh, vision: bool = False) -> NamedSharding:
+  """A cache's K or V: layer axis first, then (vision: the RoPE/PRoPE branch,) batch over the data
+  axes, tokens over `context`, heads over `tensor`."""
+  logical = ("layers",) + ((None,) if vision else ()) + ("activation_batch", "activation_length", "activation_heads",
+                                                         None)
+  return NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(logical, mesh=mesh), x.shape, mesh))
+
+
+def rollout_engine(cfg, apply) -> ClipRolloutEngine:
+  """The RL rollout's chunk engine (its Euler steps and shift come from `rl`, the rest from the
+  config's model and sampling sections): what the trainer runs and `plan --path=rollout` lowers."""
+  return ClipRolloutEngine.from_config(apply, cfg, steps=int(cfg.rl.rollout_steps), shift=float(cfg.rl.shift))
+
+
 def batch_shardings(batch: UpdateBatch, mesh) -> UpdateBatch:
   """Where the update's inputs live: the batch-1 caches with their layer/token axes split as
   the model's rules say, everything else (K kept candidates, condition, camera) replicated."""
   rep = NamedSharding(mesh, P())
-
-  def cache(logical, x):
-    return NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(logical, mesh=mesh), x.shape, mesh))
-  kv_t = ("layers", "activation_batch", "activation_length", "activation_heads", None)
-  kv_v = ("layers", None, "activation_batch", "activation_length", "activation_heads", None)
   tc, vc = batch.text_cache, batch.ctx
-  text = TextCache(cache(kv_t, tc.k), cache(kv_t, tc.v), jax.tree.map(lambda _: rep, tc.mask))
-  ctx = None if vc is None else VisionCache(cache(kv_v, vc.k), cache(kv_v, vc.v), jax.tree.map(lambda _: rep, vc.valid),
-                                            jax.tree.map(lambda _: rep, vc.frames))
+  text = TextCache(kv_sharding(tc.k, mesh), kv_sharding(tc.v, mesh), jax.tree.map(lambda _: rep, tc.mask))
+  ctx = None if vc is None else VisionCache(kv_sharding(vc.k, mesh, vision=True), kv_sharding(vc.v, mesh, vision=True),
+                                            jax.tree.map(lambda _: rep, vc.valid), jax.tree.map(lambda _: rep, vc.frames))
   return UpdateBatch(rep, rep, rep, rep, rep, rep, text, ctx)
 
 

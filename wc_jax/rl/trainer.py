@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from wc_jax import sharding
+from wc_jax.distributed import any_process
 from wc_jax.convert import kinds, load_model
 from wc_jax.rl import config as run_config
 from wc_jax.progress import phase, size_note
@@ -31,7 +32,7 @@ from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
 from wc_jax.rl.data_source import SyntheticTrajectories, make_data  # noqa: F401 (re-export)
 from wc_jax.rl.logging_utils import MetricsWriter, write_rollout_video
-from wc_jax.rl.rollout import ClipRolloutEngine, Trajectory
+from wc_jax.rl.rollout import Trajectory
 from wc_jax.rl import programs
 from wc_jax.rl.update import UpdateBatch, init_state
 
@@ -46,14 +47,6 @@ def _host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every process when it is True on any (so that all stop at the same step)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def _tqdm_logging():
@@ -91,7 +84,6 @@ class Trainer:
         if cfg.model.get("init", "reference") == "random":
           randomize(model, cfg.seed)
     self.apply, params = functional(model)
-    rl = cfg.rl
     # the update program `python -m wc_jax.plan --path=update` compiles (wc_jax.rl.programs)
     program = programs.update_program(cfg, self.apply, params, self.mesh)
     self.tx, self.update = program.tx, program.fn
@@ -99,10 +91,7 @@ class Trainer:
     with phase("placing the train state on the mesh", f"{dict(self.mesh.shape)}"):
       params = jax.device_put(params, self.param_shardings)
       self.state = jax.device_put(init_state(params, self.tx, cfg.seed), self.state_shardings)
-    self.engine = ClipRolloutEngine(self.apply, chunk=self.mcfg.chunk_latents, steps=rl.rollout_steps,
-                                    shift=rl.shift, memory_frames=cfg.sampling.max_context_frames,
-                                    recent=cfg.sampling.recent_context_frames,
-                                    context_timestep=self.mcfg.context_timestep)
+    self.engine = programs.rollout_engine(cfg, self.apply)
     self.reward_stage = reward_stage
     self.data = data if data is not None else make_data(cfg, self.mcfg)
     self.workdir.mkdir(parents=True, exist_ok=True)    # only once the config was found valid
@@ -219,7 +208,7 @@ class Trainer:
           if lead:
             (self.workdir / "videos").mkdir(exist_ok=True)
             write_rollout_video(self.workdir / "videos" / f"step{step:06d}.gif", frames[0, 0], frames, combined)
-        stop = _any_process(self._stop)      # SIGTERM may reach the processes in different steps
+        stop = any_process(self._stop)      # SIGTERM may reach the processes in different steps
         if step % every == 0 or step == total or stop:
           self.ckpt.save(step, self.state, self.data)
         if stop:
