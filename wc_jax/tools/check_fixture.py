@@ -20,8 +20,12 @@ import sys
 
 # Order matters only when two kinds could match the same folder: most specific first.
 KINDS = (
+    "lingbot_dit", "lingbot_camera",
+    "hpsv3",
+    "encoders",
     "dit",
     "vae",
+    "wan_vae",
     "labels",
     "grpo",
     "da3_tiny",
