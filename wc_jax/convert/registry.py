@@ -21,11 +21,11 @@ import pathlib
 
 from flax import nnx
 
-from wc_jax.convert import da3, dit, encoders, idm, kinds, lingbot, quality, vae, wan_vae
+from wc_jax.convert import da3, dit, encoders, hpsv3, idm, kinds, lingbot, quality, vae, wan_vae
 from wc_jax.convert.common import (ConversionError, TensorSource, load_orbax, read_config,
                                    save_orbax, save_torch_safetensors)
 
-CONVERTERS = (dit, vae, da3, quality, idm, lingbot, wan_vae, *encoders.CONVERTERS)
+CONVERTERS = (dit, vae, da3, quality, hpsv3, idm, lingbot, wan_vae, *encoders.CONVERTERS)
 assert all(m.KIND in kinds.ALL for m in CONVERTERS)
 
 
