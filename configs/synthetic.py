@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
                                          reward_seed=1, eval_seed=2))
 
   c.rl = ml_collections.ConfigDict(dict(
-      total_steps=800, group_size=12, best_of_n=6, curriculum="min2max", max_clip=2, fixed_clip=1,
+      total_steps=800, trajectories_per_step=1, group_size=12, best_of_n=6, curriculum="min2max", max_clip=2, fixed_clip=1,
       rollout_steps=8, shift=3.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0, released_v_old=False,
       std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9))
   # One trajectory per trainer step; optax.MultiSteps averages 4 before each update (200
@@ -68,5 +68,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(seeds=(0, 1, 2), trajectories=32, horizons=(1, 2, 4)))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=1, async_save=False))
-  c.logging = ml_collections.ConfigDict(dict(video_every=0, progress=False))
+  # profile_steps=(k, n): a jax.profiler trace of steps k..k+n-1 in WORKDIR/profile (n=0: off)
+  c.logging = ml_collections.ConfigDict(dict(video_every=0, progress=False, profile_steps=(0, 0)))
   return c

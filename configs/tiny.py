@@ -1,7 +1,8 @@
 """Tiny config: random-init model that runs in seconds on a laptop CPU.
 
-    python -m wc_jax.generate --config=configs/tiny.py --workdir=/tmp/wc_tiny
-    python -m wc_jax.generate --config=configs/tiny.py --config.sampling.steps=4
+    python -m wc_jax.train --config=configs/tiny.py --workdir=/tmp/wc_rl
+    python -m wc_jax.generate --config=configs/tiny.py --random_conditioning --actions="w-4, right-4" \
+        --out=/tmp/wc_tiny/video.mp4
 """
 import ml_collections
 
@@ -29,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- RL (python -m wc_jax.train --config=configs/tiny.py --workdir=/tmp/wc_rl)
   c.rl = ml_collections.ConfigDict(dict(
-      total_steps=4, group_size=12, best_of_n=6, curriculum="min2max", max_clip=4, fixed_clip=1,
+      total_steps=4, trajectories_per_step=1, group_size=12, best_of_n=6, curriculum="min2max", max_clip=4, fixed_clip=1,
       rollout_steps=4, shift=5.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0, released_v_old=False,
       std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9))
   c.optim = ml_collections.ConfigDict(dict(
@@ -42,10 +43,16 @@ def get_config() -> ml_collections.ConfigDict:
       checkpoint="", seed=0, process_res=84,
       random=dict(embed_dim=32, depth=4, num_heads=2, out_layers=(0, 1, 2, 3), alt_start=2, qknorm_start=2,
                   rope_start=2, head_features=16, head_out_channels=(8, 16, 32, 64))))
-  c.rewards.quality = ml_collections.ConfigDict(dict(
-      checkpoint="", head_checkpoint="", seed=0,
+  c.rewards.quality = ml_collections.ConfigDict(dict(   # scorer: "clip" | "hpsv3" (configs/hunyuan8b.py)
+      scorer="clip", checkpoint="", head_checkpoint="", seed=0,
       random=dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=56, patch_size=14, projection_dim=16), head_dims=(16, 8, 1))))
+  # options for rewards that are off by default (weight 0 / absent): SWIRL's IDM reward and
+  # RWML's similarity to the real continuation (needs data with video, e.g. synthetic_world)
+  c.rewards.idm = ml_collections.ConfigDict(dict(
+      checkpoint="", seed=0, widths=(32, 64, 128, 128), hidden=256, floor=-10.0))   # wc_jax.convert.idm.save_idm
+  c.rewards.similarity = ml_collections.ConfigDict(dict(
+      encoder="quality", pooling="frame", binarize=False, threshold=0.5))   # quality = the CLIP tower
   # trajectories (wc_jax/rl/data_source.py): synthetic_latents | records | synthetic_world
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic_latents",   # records: a TFDS set at `path` (python -m wc_jax.data.write_records)
@@ -59,6 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(
       initialize="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
       initialization_timeout=300))
+  # evaluation during training (wc_jax/rl/evaluation.py; the reference's _eval: checkpoint EMA, 32 latents,
+  # 20 steps, at step 1 and every 6): held-out trajectories, every clip scored by the run's rewards
+  c.evaluation = ml_collections.ConfigDict(dict(
+      every=0, trajectories=2, latents=8, steps=4, seed=1234, source="synthetic", split="eval"))
   c.checkpoint = ml_collections.ConfigDict(dict(every=2, keep=3, async_save=True))
-  c.logging = ml_collections.ConfigDict(dict(video_every=2, progress=True))
+  # profile_steps=(k, n): a jax.profiler trace of steps k..k+n-1 in WORKDIR/profile (n=0: off)
+  c.logging = ml_collections.ConfigDict(dict(video_every=2, progress=True, profile_steps=(0, 0)))
   return c

@@ -34,5 +34,7 @@ case "$KIND" in
   gpu) pip install -q -e ".[dev]" "jax[cuda12]" ;;
   cpu) pip install -q -e ".[dev]" ;;
 esac
-python -c 'import jax; print("devices:", jax.devices())'
+# --tpu installs jax[tpu], which moves jax, jaxlib and libtpu together (a matched set); the doctor
+# then stops here, with one line, if JAX did not come up on the expected platform.
+python -m wc_jax.doctor --expect="$KIND"
 python -m wc_jax.train --config="$CONFIG" --workdir="$WORKDIR" ${TRAIN[@]+"${TRAIN[@]}"}

@@ -279,3 +279,22 @@ def test_noise_filter_is_narrow():
   rec = lambda msg: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
   assert not f.filter(rec("Task exception was never retrieved\nfuture: <Task coro=<_read_array_index_and_device_put()>"))
   assert f.filter(rec("Task exception was never retrieved\nfuture: <Task coro=<my_own_task()>"))
+
+
+def test_preemption_notice_saves_at_the_next_step_boundary_and_stops(tmp_path, monkeypatch, caplog):
+  cfg = fast_config()
+  cfg.checkpoint.every = 10                # no regular save before step 10: the notice is the trigger
+  tr = Trainer(cfg, str(tmp_path), reward_stage=latent_reward_stage())
+  assert tr.ckpt.reached_preemption(1) is False    # one process: no preemption sync manager
+  asked = []
+
+  def notice(step):                        # jax.distributed's sync point: the notice lands at step 2
+    asked.append(step)
+    return step == 2
+
+  monkeypatch.setattr(tr.ckpt, "reached_preemption", notice)
+  with caplog.at_level(logging.WARNING, logger="wc_jax.train"):
+    last = tr.run(5)
+  assert asked == [1, 2] and last["step"] == 2 and tr.ckpt.latest_step() == 2
+  assert "preemption notice: saving step 2, then exiting" in caplog.messages
+  assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -136,7 +136,8 @@ def test_cross_checks_and_reward_names():
   cfg = load_config("tiny")
   cfg.rewards.weights.hpsv3 = 1.0
   with pytest.raises(run_config.ConfigError, match=r"rewards.weights.hpsv3 = 1.0: is not a reward this entry point "
-                                                   r"can build; choose from \('fine_action', 'action', 'drift'\)"):
+                                                   r"can build; choose from \('fine_action', 'action', 'drift', "
+                                                   r"'quality', 'embedding_similarity', 'idm'\)"):
     run_config.validate(cfg, rewards=run_config.TRAINER_REWARDS)
   with pytest.raises(run_config.ConfigError, match=r"config rl = None: this entry point needs a `rl` section"):
     cfg = load_config("tiny")

@@ -1,30 +1,7 @@
-"""The README's main job (generate) and the TPU fit planner on the tiny config."""
-import json
-
-import numpy as np
+"""The TPU fit planner on the tiny config (generate's tests: tests/test_generate.py)."""
 import pytest
 
 from conftest import load_config
-from wc_jax import generate
-
-
-def test_generate_tiny_writes_latents_and_counts_passes(tmp_path):
-  cfg = load_config("tiny")
-  cfg.sampling.chunks = 3
-  cfg.sampling.steps = 2
-  summary = generate.run(cfg, str(tmp_path))
-  assert summary["finite"]
-  # 1 text pass + one context pass per chunk after the first + steps per chunk
-  assert summary["model_passes"] == 1 + 2 + 3 * 2
-  assert summary["context_indices"] == [[], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7]]
-  data = np.load(tmp_path / "latents.npz")
-  assert data["latents"].shape == (1, 4, 12, 4, 6)
-  assert (tmp_path / "latents.gif").stat().st_size > 0
-  assert json.loads((tmp_path / "summary.json").read_text())["latent_frames"] == 12
-  # the noise was actually denoised: chunks differ from their initial noise draw
-  rng = np.random.default_rng(cfg.seed)
-  init = rng.standard_normal(data["latents"].shape).astype(np.float32)
-  assert np.abs(data["latents"] - init).mean() > 1e-3
 
 
 def test_plan_tiny_on_a_tpu_topology():

@@ -10,7 +10,7 @@ from wc_jax import generate
 from wc_jax.inference import RETRIEVAL_POINTS, ChunkEngine
 from wc_jax.models.worldplay.config import from_config
 from wc_jax.models.worldplay.model import functional
-from wc_jax.rl.rollout import ClipRolloutEngine, Trajectory
+from wc_jax.rl.rollout import ClipRolloutEngine, TrainingExample
 from wc_jax.world import evaluate
 
 # Rows of one batched program vs. a batch-1 program: XLA:CPU may block the same fp32 matmuls
@@ -75,7 +75,7 @@ def test_generate_rl_and_evaluate_produce_the_same_latents(setup):
       assert np.abs(np.asarray(r.x0[1]) - want[0, :, 8:12]).max() > 1e-3
 
   # the RL entry point (key -> noise) is clip_candidates on the key's noise (bit-exact)
-  traj = Trajectory(None, None, None, None, None, first_latent=inp["first_latent"][0], actions=inp["actions"],
+  traj = TrainingExample(None, None, None, None, None, first_latent=inp["first_latent"][0], actions=inp["actions"],
                     w2c=inp["w2c"], Ks=ks[0])
   key = jax.random.key(3)
   ro = rl.rollout(state, text, traj, 3, 2, key)
@@ -111,7 +111,7 @@ def test_the_engine_compiles_its_programs_once(setup):
   assert dict(eng.traces) == first
 
   rl = rl_engine(setup)
-  traj = Trajectory(None, None, None, None, None, first_latent=inp["first_latent"][0], actions=inp["actions"],
+  traj = TrainingExample(None, None, None, None, None, first_latent=inp["first_latent"][0], actions=inp["actions"],
                     w2c=inp["w2c"], Ks=inp["Ks"][0])
   rl.rollout(state, text, traj, 3, 2, jax.random.key(0))
   first = dict(rl.traces)

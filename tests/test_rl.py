@@ -35,11 +35,11 @@ def latent_reward_stage():
   def decode(z):  # [B, C, T, h, w] -> [B, T, h, w, 3] in [0, 1]
     return jax.nn.sigmoid(jnp.moveaxis(z[:, :3], 1, -1))
 
-  def brightness(frames, first, actions):
-    return jnp.mean(frames, axis=(1, 2, 3, 4))
+  def brightness(frames, window):          # one candidate's frames [F, H, W, 3]
+    return jnp.mean(frames)
 
-  def contrast(frames, first, actions):
-    return -jnp.mean(jnp.abs(frames - first), axis=(1, 2, 3, 4))
+  def contrast(frames, window):
+    return -jnp.mean(jnp.abs(frames - window.first_frame))
 
   return RewardStage(decode=decode, rewards={"fine_action": brightness, "drift": contrast},
                      weights={"fine_action": 2.0, "drift": 1.0})
@@ -137,7 +137,7 @@ def test_rl_step_updates_weights_and_logs(tmp_path):
 def test_nonfinite_reward_skips_the_update(tmp_path):
   cfg = micro_config()
   stage = latent_reward_stage()
-  stage.rewards["drift"] = lambda f, first, a: jnp.full(f.shape[0], jnp.nan)
+  stage.rewards["drift"] = lambda frames, window: jnp.float32(jnp.nan)
   tr = Trainer(cfg, str(tmp_path), reward_stage=stage)
   before = _params(tr)
   m = tr.step(1)
@@ -226,3 +226,68 @@ def test_tiny_rl_demo_with_real_reward_models(tmp_path):
   assert (tmp_path / "videos" / "step000002.gif").exists()
   assert any((tmp_path / "tensorboard").iterdir())
   assert tr.ckpt.latest_step() == 2
+
+
+def test_two_trajectories_per_step_pool_the_std_and_shard_like_one_device(tmp_path):
+  """T = 2 trajectories: each its own rollout, "global" std over all T*G candidates, best-of-N
+  per trajectory, one update over the 2*K kept samples; data=2 x fsdp=4 equals one device."""
+  cfg = micro_config()
+  cfg.rl.trajectories_per_step = 2
+  single = Trainer(cfg, str(tmp_path / "a"), reward_stage=latent_reward_stage(),
+                   mesh=sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))
+  out = single.step(1)
+  assert out["trajectories"] == 2 and out["kept"] == 2 * cfg.rl.best_of_n
+  assert out["chunk_generations"] == 2 * cfg.rl.group_size          # clip 1: no prefix, G candidates each
+  assert out["optimizer_step_applied"] == 1
+
+  # the pooled std, recomputed from the two trajectories' own candidates (same data, same keys)
+  data = single.data.__class__(cfg, single.mcfg, (cfg.sampling.latent_height, cfg.sampling.latent_width),
+                               4 * cfg.rl.max_clip, cfg.seed)
+  fresh = Trainer(cfg, str(tmp_path / "c"), reward_stage=latent_reward_stage(), data=data,
+                  mesh=sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+  rewards = []
+  for i in range(2):
+    traj = next(fresh.data)
+    text = fresh._encode_text(fresh.state.policy, traj)
+    r = fresh.engine.rollout(fresh.state.policy, text, traj, 1, cfg.rl.group_size, jax.random.fold_in(key, i))
+    scores, _ = fresh.reward_stage(r, None)
+    rewards.append(np.asarray(scores["fine_action"]))
+  pooled = np.concatenate(rewards)
+  np.testing.assert_allclose(out["reward/fine_action/std_used"], pooled.std(ddof=1) + 1e-8, rtol=1e-5)
+  np.testing.assert_allclose(out["reward/fine_action/mean"], pooled.mean(), rtol=1e-5)
+  # per-group stds differ from the pooled one: "group" would not have given this divisor
+  assert not np.isclose(rewards[0].std(ddof=1), pooled.std(ddof=1), rtol=1e-3)
+
+  sharded = Trainer(cfg, str(tmp_path / "b"), reward_stage=latent_reward_stage(),
+                    mesh=sharding.make_mesh({"data": 2, "fsdp": 4}))
+  sharded.step(1)
+  for x, y in zip(jax.tree.leaves(_params(single)), jax.tree.leaves(_params(sharded))):
+    np.testing.assert_allclose(x, y, atol=1e-6 * max(1.0, float(np.abs(x).max())))
+
+
+def test_evaluation_during_training_is_fixed_and_resumes_exactly(tmp_path):
+  """Step 1 and every `evaluation.every` steps: the checkpoint EMA generates the held-out
+  trajectories in full and every clip is scored; a resumed run evaluates as an unbroken one."""
+  cfg = micro_config()
+  cfg.evaluation.every = 2
+  cfg.evaluation.trajectories = 2
+  cfg.evaluation.latents = 8                      # 2 clips of 4 latents
+  cfg.evaluation.steps = 2
+  cfg.logging.progress = False
+  full = Trainer(cfg, str(tmp_path / "full"), reward_stage=latent_reward_stage())
+  full.run(2)
+  lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  by_step = {m["step"]: m for m in lines}
+  assert by_step[1]["eval/trajectories"] == 2 and "eval/fine_action/mean" in by_step[2]
+  assert "eval/fine_action/last_clip" in by_step[1]
+  assert (tmp_path / "full" / "videos" / "eval000002.gif").exists()
+  # killed after step 1, resumed: step 2's evaluation equals the unbroken run's
+  part = Trainer(cfg, str(tmp_path / "part"), reward_stage=latent_reward_stage())
+  part.run(1)
+  again = Trainer(cfg, str(tmp_path / "part"), reward_stage=latent_reward_stage())
+  again.run(2)
+  lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+  resumed = {m["step"]: m for m in lines}[2]
+  for k in ("eval/fine_action/mean", "eval/drift/mean", "eval/fine_action/last_clip"):
+    assert resumed[k] == by_step[2][k], k

@@ -71,7 +71,7 @@ def test_records_become_trajectories_in_stream_order(records):
   assert [t.id for t in got] == _stream_ids(path, cfg, N + 2)
   assert sorted(t.id for t in got[:N]) == sorted(recs)
   t, rec = got[0], recs[got[0].id]
-  assert isinstance(t, ds.RecordTrajectory)
+  assert isinstance(t, ds.RecordExample)
   assert t.text_states.shape == (1, 12, 32) and t.text_mask.dtype == np.int32
   np.testing.assert_allclose(t.text_states[0, :10], rec["text_states"], rtol=1e-6)
   np.testing.assert_array_equal(t.text_mask[0], np.arange(12) < 7)

@@ -13,6 +13,7 @@ that says which mesh axis each logical axis is split over. The mesh axes are
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterable, Sequence
 
 import jax
@@ -88,12 +89,48 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
   total = int(np.prod(list(sizes.values())))
   if total != n:
     raise ValueError(f"mesh {sizes} needs {total} devices but {n} are available")
+  return Mesh(_device_array(sizes, devices), MESH_AXES)
+
+
+def num_slices(devices: Sequence[jax.Device] | None = None) -> int:
+  """How many TPU slices the run spans: MEGASCALE_NUM_SLICES (set by Cloud TPU multislice), or
+  the distinct `slice_index` of the devices; 1 for one slice, GPUs and CPUs."""
+  env = os.environ.get("MEGASCALE_NUM_SLICES", "").strip()
+  if env:
+    return max(1, int(env))
+  return len({getattr(d, "slice_index", 0) for d in (devices if devices is not None else jax.devices())})
+
+
+def _device_array(sizes: dict[str, int], devices: list) -> np.ndarray:
+  """The devices laid out as the mesh. Several slices (multislice): `data` is split across the
+  slices, over the data-centre network (DCN), and the other axes stay inside a slice, on its
+  inter-chip links (ICI). A layout that does not follow the topology is an error naming the axes,
+  never a silent reshape: a mesh that ignores the topology runs, but its collectives are slow."""
+  from jax.experimental import mesh_utils
+  shape = [sizes[a] for a in MESH_AXES]
+  platform = devices[0].platform if devices else "cpu"
+  slices = num_slices(devices)
+  if slices > 1:
+    if sizes["data"] % slices:
+      raise ValueError(f"mesh {sizes}: the run spans {slices} slices (MEGASCALE_NUM_SLICES), and the `data` "
+                       f"axis is the one split across them, so mesh.data must be a multiple of {slices} "
+                       f"(e.g. --config.mesh.data={slices} --config.mesh.fsdp=-1)")
+    ici = [sizes["data"] // slices] + shape[1:]
+    dcn = [slices] + [1] * (len(MESH_AXES) - 1)
+    try:
+      return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+    except Exception as e:
+      raise ValueError(f"mesh {sizes} over {slices} slices: per-slice axes {dict(zip(MESH_AXES, ici))} (ICI) x "
+                       f"{dict(zip(MESH_AXES, dcn))} across slices (DCN) do not fit the {len(devices)} "
+                       f"{devices[0].device_kind} devices: {e}") from None
+  if platform == "cpu":           # no physical topology to follow
+    return np.asarray(devices).reshape(shape)
   try:
-    dev_array = jax.experimental.mesh_utils.create_device_mesh(
-        [sizes[a] for a in MESH_AXES], devices=devices)
-  except Exception:  # pragma: no cover - odd topologies
-    dev_array = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
-  return Mesh(dev_array, MESH_AXES)
+    return mesh_utils.create_device_mesh(shape, devices=devices)
+  except Exception as e:
+    raise ValueError(f"mesh {sizes} (axes {MESH_AXES}, shape {tuple(shape)}) cannot follow the topology of the "
+                     f"{len(devices)} {devices[0].device_kind} devices: {e}. Choose axis sizes that split the "
+                     f"chips along the slice's physical axes (e.g. put all devices on one axis)") from None
 
 
 def logical_to_spec(logical_axes: Iterable[str | None] | None,
@@ -220,23 +257,3 @@ def path_keys(path) -> tuple[str, ...]:
     else:
       out.append(str(p))
   return tuple(out)
-
-
-def shardings_like_params(tree, params, param_shardings, mesh: Mesh):
-  """Shardings for a tree that embeds copies of the parameter tree (optimizer moments, EMAs):
-  a leaf whose path ends with a parameter's path and has its shape gets that parameter's
-  sharding; anything else (step counters, scalars) is replicated."""
-  table = {}
-  for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)):
-    table[path_keys(path)] = (tuple(leaf.shape), sh)
-  replicated = NamedSharding(mesh, P())
-
-  def one(path, leaf):
-    keys = path_keys(path)
-    shape = tuple(getattr(leaf, "shape", ()))
-    for i in range(len(keys)):
-      hit = table.get(keys[i:])
-      if hit is not None and hit[0] == shape:
-        return hit[1]
-    return replicated
-  return jax.tree_util.tree_map_with_path(one, tree)

@@ -13,12 +13,21 @@ import pathlib
 from typing import Mapping
 
 import numpy as np
+from etils import epath
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 
 class ConversionError(ValueError):
   """A checkpoint does not match the model it is being converted for."""
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """Local paths made absolute; gs:// (and other remote URIs) kept as they are, read through
+  etils.epath (pathlib would turn gs://b/x into the local folder gs:/b/x)."""
+  if "://" in str(path):
+    return epath.Path(path)
+  return epath.Path(pathlib.Path(path).absolute())
 
 
 class TensorSource:
@@ -185,32 +194,33 @@ def save_torch_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str | os.
   return paths
 
 
-def save_orbax(params: Mapping, out_dir: str | os.PathLike, metadata: dict) -> pathlib.Path:
+def save_orbax(params: Mapping, out_dir: str | os.PathLike, metadata: dict):
   """Writes a nested dict of arrays as an Orbax PyTree checkpoint plus a JSON metadata item.
 
-  Layout: DST/params (orbax pytree), DST/wc_jax.json (model kind + config).
+  Layout: DST/params (orbax pytree), DST/wc_jax.json (model kind + config). DST may be gs://.
+  Returns DST (a pathlib.Path when local, an etils.epath.Path when remote).
   """
   import orbax.checkpoint as ocp
-  out_dir = pathlib.Path(out_dir).absolute()
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out = as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(out_dir / "params", params, force=True)
+    ckptr.save(out / "params", params, force=True)
     ckptr.wait_until_finished()
-  with open(out_dir / "wc_jax.json", "w", encoding="utf-8") as f:
-    json.dump(metadata, f, indent=2)
-  return out_dir
+  (out / "wc_jax.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+  return out if "://" in str(out_dir) else pathlib.Path(os.fspath(out))
 
 
 def load_orbax(src: str | os.PathLike, target=None):
   """Reads (params, metadata) written by `save_orbax`. `target` (abstract arrays with
   shardings) places the tensors straight onto a mesh."""
   import orbax.checkpoint as ocp
-  src = pathlib.Path(src).absolute()
+  src = as_path(src)     # local or gs://
   meta_path = src / "wc_jax.json"
+  if not src.exists():
+    raise ConversionError(f"{src} does not exist (a wc_jax Orbax checkpoint folder was expected)")
   if not meta_path.exists():
     raise ConversionError(f"{src} is not a wc_jax Orbax checkpoint (no wc_jax.json)")
-  with open(meta_path, encoding="utf-8") as f:
-    metadata = json.load(f)
+  metadata = json.loads(meta_path.read_text(encoding="utf-8"))
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(src / "params", target) if target is not None else ckptr.restore(src / "params")
   return params, metadata

@@ -6,9 +6,9 @@ are stacked on a leading layer axis (the nnx.scan layout).
 """
 from __future__ import annotations
 
-import re
-
 import dataclasses
+import json
+import re
 from typing import Iterator, Mapping
 
 import jax
@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from wc_jax.convert import kinds
-from wc_jax.convert.common import ConversionError, TensorSource, check_keys, flatten, unflatten
+from wc_jax.convert.common import ConversionError, TensorSource, as_path, check_keys, flatten, unflatten
 from wc_jax.models.worldplay import config as dit_config
 from wc_jax.models.worldplay.model import WorldPlayDiT, abstract_model
 from wc_jax.models.worldplay.model import load_params as assign_params
@@ -249,3 +249,71 @@ def build_model(model_config: Mapping, params: Mapping, mesh=None, **overrides) 
   del mesh
   cfg = dit_config.DiTConfig.from_dict({**model_config, **overrides})
   return assign_params(abstract_model(cfg), params)
+
+
+# ----------------------------------------------------------------------------- RL checkpoints
+# An RL run (wc_jax.rl) saves WORKDIR/checkpoints/<step>/{state,data,config}: `state` is the
+# TrainState (params = raw trained weights, policy = rollout EMA, ema = checkpoint EMA, optimizer
+# moments, step, rng) as one Orbax pytree whose leaves are nnx Variables (`.../<name>/value`);
+# `config` is JSON {"model": the run's model section, "full": the whole config}. Read here with
+# plain Orbax (no TrainState, optimizer or config object needed), one subtree at a time.
+RL_WHICH = {"ema": "ema", "raw": "params", "policy": "policy"}
+
+
+def rl_step_dir(path):
+  """The step folder (an etils.epath.Path: local or gs://) of an RL checkpoint at `path` (WORKDIR,
+  WORKDIR/checkpoints, or one step's folder; the newest committed step when not named), or None
+  when `path` is not one."""
+  path = as_path(path)
+  if (path / "state").is_dir() and (path / "config").is_dir():
+    return path
+  for root in (path / "checkpoints", path):
+    if root.is_dir():
+      steps = sorted((int(p.name), p) for p in root.iterdir()
+                     if p.is_dir() and p.name.isdigit() and (p / "state").is_dir() and (p / "config").is_dir()
+                     and ((p / "commit_success.txt").exists() or (p / "_CHECKPOINT_METADATA").exists()))
+      if steps:
+        return steps[-1][1]
+  return None
+
+
+def rl_model_config(step_dir) -> dict:
+  """The run's model section recorded in an RL checkpoint step (its `config` item)."""
+  step_dir = as_path(step_dir)
+  try:
+    saved = json.loads((step_dir / "config" / "metadata").read_text())
+    model = dict(saved["model"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConversionError(f"{step_dir} has no readable run config (config/metadata): {e}") from None
+  model.pop("checkpoint", None)
+  model.pop("init", None)
+  try:
+    return dit_config.DiTConfig.from_dict(model).to_dict()
+  except (TypeError, ValueError) as e:
+    raise ConversionError(f"{step_dir} is not an RL checkpoint of a WorldPlay DiT: its model config does not "
+                          f"describe one ({e})") from None
+
+
+def params_from_rl_checkpoint(path, which: str = "ema"):
+  """(model_config, params as nested NumPy dicts, step folder) of the `which` weights
+  ("ema" checkpoint EMA, "raw" trained weights, "policy" rollout EMA) of an RL checkpoint.
+  Restores only that subtree, to host memory (no mesh, no optimizer state)."""
+  import orbax.checkpoint as ocp
+  if which not in RL_WHICH:
+    raise ConversionError(f"which must be one of {', '.join(RL_WHICH)}, got {which!r}")
+  step_dir = rl_step_dir(path)
+  if step_dir is None:
+    raise ConversionError(f"{path} is not an RL checkpoint (no checkpoints/<step>/state and config)")
+  model_config = rl_model_config(step_dir)
+  ckpt = ocp.PyTreeCheckpointer()
+  key = RL_WHICH[which]
+  tree = ckpt.metadata(step_dir / "state").item_metadata.tree
+  if key not in tree:
+    raise ConversionError(f"{step_dir}/state has no {key!r} weights (has {sorted(tree)})")
+  sub = tree[key]
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
+  out = ckpt.restore(step_dir / "state", args=ocp.args.PyTreeRestore(item={key: sub}, restore_args={key: restore_args},
+                                                                      partial_restore=True))[key]
+  # nnx Variables are stored as `<leaf>/value`: drop that level
+  flat = {(k[:-len("/value")] if k.endswith("/value") else k): np.asarray(v) for k, v in flatten(out).items()}
+  return model_config, unflatten(flat), step_dir

@@ -17,12 +17,11 @@ weights from a checkpoint folder.
 from __future__ import annotations
 
 import os
-import pathlib
 
 from flax import nnx
 
 from wc_jax.convert import da3, dit, encoders, hpsv3, idm, kinds, lingbot, quality, vae, wan_vae
-from wc_jax.convert.common import (ConversionError, TensorSource, load_orbax, read_config,
+from wc_jax.convert.common import (ConversionError, TensorSource, as_path, load_orbax, read_config,
                                    save_orbax, save_torch_safetensors)
 
 CONVERTERS = (dit, vae, da3, quality, hpsv3, idm, lingbot, wan_vae, *encoders.CONVERTERS)
@@ -61,7 +60,7 @@ def load_model(kind: str, path: str | os.PathLike, *, mesh=None, **overrides) ->
   `mesh` places the weights where the kind supports it (VAE, and conversion from torch).
   """
   mod = converter(kind)
-  path = pathlib.Path(path)
+  path = as_path(path)            # local or gs:// (etils.epath)
   if (path / "wc_jax.json").exists():
     params, meta = load_orbax(path)
     if meta.get("kind") != kind:

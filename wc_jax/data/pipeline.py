@@ -214,20 +214,27 @@ def save_state(iterator, path: str) -> None:
   With Orbax, `grain.checkpoint.CheckpointSave(iterator)` does the same inside a
   CheckpointManager.
   """
-  state = iterator.get_state()
+  from etils import epath
+  state = json.dumps(iterator.get_state(), default=json_default)
+  if "://" in str(path):      # gs://...: an object is written whole (no partial file to replace)
+    p = epath.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(state)
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(state, f, default=json_default)
+    f.write(state)
   os.replace(tmp, path)
 
 
 def load_state(iterator, path: str) -> None:
   """Restores an iterator saved with `save_state`; the next batch is the one after the save."""
-  if not os.path.isfile(path):
+  from etils import epath
+  p = epath.Path(path)        # local or gs://
+  if not p.is_file():
     raise FileNotFoundError(f"load_state: no iterator state at {path}")
-  with open(path) as f:
-    iterator.set_state(json.load(f))
+  iterator.set_state(json.loads(p.read_text()))
 
 
 def json_default(x):

@@ -279,7 +279,8 @@ def write_dataset(data_dir: str, name: str, spec: RecordSpec,
   cls = _builder_class()
   builder = cls(data_dir=data_dir, splits=splits, file_format="array_record",
                 config=cls.Config(name=name, spec=spec, description=description))
-  if os.path.isdir(builder.data_dir):
+  from etils import epath
+  if epath.Path(str(builder.data_dir)).is_dir():
     raise ValueError(f"write_dataset: {builder.data_dir} already exists; remove it or pick "
                      f"another name")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -299,7 +300,9 @@ def open_split(path: str, split: str = "train"):
     path: the dataset folder (`dataset_dir(...)`, holding dataset_info.json).
   """
   import tensorflow_datasets as tfds
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+  from etils import epath
+  path = str(path)   # local or gs:// (read through etils.epath; os.path cannot see a bucket)
+  if not (epath.Path(path) / "dataset_info.json").is_file():
     raise FileNotFoundError(f"open_split: no TFDS dataset at {path} (expected "
                             f"dataset_info.json there; see wc_jax.data.tfds_builder.dataset_dir)")
   builder = tfds.builder_from_directory(path)

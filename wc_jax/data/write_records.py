@@ -4,6 +4,11 @@
     python -m wc_jax.data.write_records synthetic --out /data/wc --name synth_tiny \\
         --config configs/tiny.py --num_examples 256 --num_latents 16
 
+    # a folder of images + prompts, encoded by wc_jax's JAX encoders from real checkpoints (no torch)
+    python -m wc_jax.data.write_records images --images /data/imgs --out /data/wc --name mine \\
+        --text_encoder /ckpt/Qwen2.5-VL-7B-Instruct --byt5 /ckpt/byt5 --siglip /ckpt/siglip \\
+        --vae /ckpt/hunyuan_vae --config configs/hunyuan8b.py --state_dtype bfloat16
+
     # a folder of images + captions, encoded by your encoders (any Python callable)
     python -m wc_jax.data.write_records images --images /data/imgs --out /data/wc --name mine \\
         --encoder my_pkg.encoders:make_encoder --encoder_arg ckpt=/ckpt/hunyuan --trajectory random
@@ -15,7 +20,8 @@
 Every example pairs one image's conditioning with one trajectory: `random`
 (the reference generator, seed = --seed + example index), a pose string
 ("w-15, right-16"), or the reference's pose JSON (`--poses`, used round-robin
-like its dataset). See docs/data.md for the record fields.
+like its dataset); a `prompts.jsonl` entry may carry its own pose string
+("actions"). See docs/data.md for the record fields and the encoder mode.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import importlib
 import json
 import os
 import sys
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -37,15 +43,55 @@ ENCODER_KEYS = ("text_states", "text_mask", "byt5_states", "byt5_mask", "vision_
 # ----------------------------------------------------------------------------- inputs
 
 
-def list_images(folder: str) -> list[tuple[str, str]]:
-  """(image path, caption) pairs of a folder.
+class ImageEntry(NamedTuple):
+  """One input of the images mode: image path, prompt, and an optional pose string."""
+  path: str
+  caption: str
+  actions: str | None = None
 
-  Captions come from `captions.json` (the reference's input format: a list of
-  {"image_path", "caption"}), `captions.jsonl` (one such object per line), or
-  a `<image stem>.txt` beside each image, in that order of preference.
+
+def _prompts_jsonl(folder: str, path: str) -> list[ImageEntry]:
+  """`prompts.jsonl`: {"image", "prompt"[, "actions"]} per line ("image_path"/"caption" also read)."""
+  out = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        e = json.loads(line)
+      except json.JSONDecodeError as err:
+        raise ValueError(f"prompts.jsonl line {n}: not JSON ({err})") from None
+      image = e.get("image", e.get("image_path")) if isinstance(e, Mapping) else None
+      prompt = e.get("prompt", e.get("caption")) if isinstance(e, Mapping) else None
+      if not isinstance(image, str) or not isinstance(prompt, str):
+        raise ValueError(f"prompts.jsonl line {n} must have string 'image' and 'prompt', got {line.strip()!r}")
+      p = os.path.join(folder, image)          # an absolute image path stays as it is
+      if not os.path.isfile(p):
+        raise FileNotFoundError(f"prompts.jsonl line {n}: image {p} not found")
+      actions = e.get("actions")
+      if actions is not None and not isinstance(actions, str):
+        raise ValueError(f"prompts.jsonl line {n}: 'actions' must be a pose string like 'w-8, right-4', "
+                         f"got {actions!r}")
+      out.append(ImageEntry(p, prompt, actions))
+  return out
+
+
+def list_images(folder: str) -> list[ImageEntry]:
+  """(image path, caption, pose string or None) entries of a folder.
+
+  Prompts come from `prompts.jsonl` (one {"image", "prompt", optional "actions"} per
+  line), `captions.json` (the reference's input format: a list of {"image_path",
+  "caption"}), `captions.jsonl` (one such object per line), or a `<image stem>.txt`
+  beside each image, in that order of preference.
   """
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"list_images: {folder} is not a folder")
+  pairs: list[ImageEntry] = []
+  if os.path.isfile(os.path.join(folder, "prompts.jsonl")):
+    pairs = _prompts_jsonl(folder, os.path.join(folder, "prompts.jsonl"))
+    if not pairs:
+      raise ValueError(f"list_images: {folder}/prompts.jsonl has no entries")
+    return pairs
   entries = None
   for name in ("captions.json", "captions.jsonl"):
     path = os.path.join(folder, name)
@@ -56,7 +102,6 @@ def list_images(folder: str) -> list[tuple[str, str]]:
         else:
           entries = [json.loads(line) for line in f if line.strip()]
       break
-  pairs = []
   if entries is not None:
     for n, e in enumerate(entries):
       if not isinstance(e, Mapping) or "image_path" not in e or "caption" not in e:
@@ -64,7 +109,7 @@ def list_images(folder: str) -> list[tuple[str, str]]:
       p = os.path.join(folder, e["image_path"])   # an absolute image_path stays as it is
       if not os.path.isfile(p):
         raise FileNotFoundError(f"captions entry {n}: image {p} not found")
-      pairs.append((p, str(e["caption"])))
+      pairs.append(ImageEntry(p, str(e["caption"])))
   else:
     for name in sorted(os.listdir(folder)):
       if not name.lower().endswith(IMAGE_SUFFIXES):
@@ -74,7 +119,7 @@ def list_images(folder: str) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"list_images: no caption for {name}: add {txt} or a "
                                 f"captions.json")
       with open(txt) as f:
-        pairs.append((os.path.join(folder, name), f.read().strip()))
+        pairs.append(ImageEntry(os.path.join(folder, name), f.read().strip()))
   if not pairs:
     raise ValueError(f"list_images: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
   return pairs
@@ -136,19 +181,197 @@ def random_encoder(text_dim: int, byt5_dim: int, vision_dim: int, latent_channel
   return encode
 
 
+# ----------------------------------------------------------------------------- JAX encoders
+
+class JaxEncoder:
+  """(image uint8 [H,W,3], prompt) -> record states, with wc_jax's own encoders (no torch).
+
+  The DiT's conditioning as WorldPlay's pipeline builds it for the positive prompt (the
+  trainer adds the CFG negatives itself): the Qwen2.5-VL text path with the video template
+  (`text_states` [max_length, C], `text_mask`), ByT5 on the quoted glyph text
+  (`byt5_states` [256, d], zeros and mask 0 without quotes), SigLIP on the image after the
+  `resolution` bucket resize (`vision_states` [tokens, D]), and the VAE latent of the image
+  cover-resized (LANCZOS) and centre-cropped to `frame_hw` (`first_latent` [C, h, w],
+  `latent_dist.mode() * scaling_factor`; `frame_hw` None: the image's `resolution` bucket).
+
+  on_overflow="error" rejects a prompt longer than the text encoder's max_length (or quoted
+  text longer than ByT5's limit); "truncate" cuts it as the reference does.
+  """
+
+  def __init__(self, text_encoder, byt5_encoder, siglip, tokenize, vae, *, frame_hw=None,
+               resolution: str = "480p", on_overflow: str = "error"):
+    from wc_jax.models.encoders import byt5_text, conditioning, image_resize
+    if on_overflow not in ("error", "truncate"):
+      raise ValueError(f"on_overflow must be 'error' or 'truncate', got {on_overflow!r}")
+    if resolution not in image_resize.TARGET_SIZE_CONFIG:
+      raise ValueError(f"resolution must be one of {sorted(image_resize.TARGET_SIZE_CONFIG)}, got {resolution!r}")
+    self.text_encoder, self.byt5_encoder, self.siglip, self.vae = text_encoder, byt5_encoder, siglip, vae
+    self.tokenize, self.frame_hw, self.resolution, self.on_overflow = tokenize, frame_hw, resolution, on_overflow
+    self._cond, self._byt5_text, self._resize = conditioning, byt5_text, image_resize
+    crop = conditioning.crop_start_for(tokenize)
+    if crop != text_encoder.cfg.crop_start:
+      raise ValueError(f"the tokenizer gives crop_start {crop} for the video template but the text encoder "
+                       f"was built with {text_encoder.cfg.crop_start}: was it converted with another tokenizer?")
+    self.crop_start = crop
+
+  @property
+  def dims(self) -> dict:
+    """RecordSpec dimensions of what this encoder writes."""
+    return dict(text_dim=int(self.text_encoder.cfg.lm.hidden_size), byt5_dim=int(self.byt5_encoder.cfg.d_model),
+                vision_dim=int(self.siglip.cfg.hidden_size), latent_channels=int(self.vae.config.latent_channels))
+
+  def check_prompt(self, prompt: str) -> None:
+    """ValueError for a prompt over the limit (on_overflow='error')."""
+    if self.on_overflow != "error":
+      return
+    c = self.text_encoder.cfg
+    n = len(self._cond.template_token_ids(prompt, self.tokenize)) - self.crop_start
+    if n > c.max_length:
+      raise ValueError(f"the prompt is {n} tokens with the template tail, over the text encoder's limit of "
+                       f"{c.max_length} (--on_overflow truncate cuts it, as the reference does)")
+    glyph = self._byt5_text.format_glyph_texts(self._byt5_text.extract_glyph_texts(prompt))
+    nb = len(glyph.encode("utf-8")) + 1
+    if nb > self._byt5_text.MAX_LENGTH:
+      raise ValueError(f"the quoted text is {nb} ByT5 tokens once formatted, over the limit of "
+                       f"{self._byt5_text.MAX_LENGTH} (--on_overflow truncate cuts it, as the reference does)")
+
+  def first_latent(self, image: np.ndarray) -> np.ndarray:
+    """DiT-scale VAE latent [C, h, w] of the image resized to the frame size."""
+    if self.frame_hw is not None:
+      hw = tuple(self.frame_hw)
+    else:
+      base = self._resize.TARGET_SIZE_CONFIG[self.resolution]["bucket_hw_base_size"]
+      hw = self._resize.closest_bucket(image.shape[0], image.shape[1], base, 16)
+    frame = self._resize.resize_and_center_crop(self._resize.check_image(image), *hw)
+    video = (np.asarray(frame, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None, :, None]
+    return np.asarray(_vae_latent(self.vae, video), np.float32)[0, :, 0]
+
+  def __call__(self, image: np.ndarray, prompt: str) -> dict:
+    cond = self._cond
+    self.check_prompt(prompt)
+    text, tmask = cond.encode_text_prompts(self.text_encoder, [prompt], self.tokenize, cfg=False,
+                                           on_overflow="truncate")
+    byt5, bmask = cond.encode_glyph_prompts(self.byt5_encoder, [prompt], cfg=False)
+    vision = cond.encode_reference_image(self.siglip, image, resolution=self.resolution, cfg=False)
+    return dict(text_states=np.asarray(text, np.float32)[0], text_mask=np.asarray(tmask)[0].astype(bool),
+                byt5_states=np.asarray(byt5, np.float32)[0], byt5_mask=np.asarray(bmask)[0].astype(bool),
+                vision_states=np.asarray(vision, np.float32)[0], first_latent=self.first_latent(image))
+
+
+def _vae_latent(vae, video):
+  """`latent_dist.mode() * scaling_factor` of a video [1, 3, 1, H, W] in [-1, 1] (jitted once per shape)."""
+  global _VAE_JIT
+  if _VAE_JIT is None:
+    from flax import nnx
+    from wc_jax.models.vae import encode, scale_latents
+    _VAE_JIT = nnx.jit(lambda m, v: scale_latents(m.config, encode(m, v).mode()))
+  return _VAE_JIT(vae, video)
+
+
+_VAE_JIT = None
+
+
+def _need_path(flag: str, path: str | None) -> str:
+  if not path:
+    raise ValueError(f"the JAX encoder mode needs {flag} (a reference checkpoint folder or a wc_jax Orbax folder)")
+  if "://" not in path and not os.path.exists(path):
+    raise FileNotFoundError(f"{flag} {path}: no such file or folder")
+  return path
+
+
+def load_tokenizer(path: str) -> Callable[[str], list[int]]:
+  """The Qwen2.5 BPE (plain text -> ids) from a checkpoint folder's tokenizer.json or the file."""
+  from wc_jax.rewards.hpsv3 import load_tokenizer as load
+  return load(path)
+
+
+def build_vae(vae_path: str | None = None, config=None):
+  """The VAE from `vae_path` (wc_jax Orbax or reference folder), else from a config's `vae`
+  section (its checkpoint, or a seeded random init with model.latent_channels: smoke tests)."""
+  if vae_path:
+    from wc_jax.convert import kinds
+    from wc_jax.convert.registry import load_model
+    return load_model(kinds.VAE, _need_path("--vae", vae_path))
+  if config is None:
+    raise ValueError("the JAX encoder mode needs --vae PATH (a VAE checkpoint folder) or --config (its vae section)")
+  from wc_jax.models import vae as vae_lib
+  v = config.vae
+  if v.checkpoint:
+    return build_vae(v.checkpoint)
+  print("write_records: warning: first latents from a RANDOM VAE (the config's vae.checkpoint is empty); "
+        "fine for smoke tests, pass --vae for real records", file=sys.stderr)
+  return vae_lib.init_model(vae_lib.VAEConfig(latent_channels=int(config.model.latent_channels),
+                                              block_out_channels=tuple(v.block_out_channels),
+                                              layers_per_block=int(v.layers_per_block)), seed=int(v.seed))
+
+
+def jax_encoder(text_encoder: str, byt5: str, siglip: str, *, tokenizer: str | None = None, vae: str | None = None,
+                config=None, frame_hw=None, resolution: str = "480p", on_overflow: str = "error",
+                max_text_tokens: int | None = None, dtype: str | None = None,
+                tokenize: Callable[[str], list[int]] | None = None, vae_model=None) -> JaxEncoder:
+  """A JaxEncoder from checkpoint folders (reference layout, converted on the fly, or wc_jax
+  Orbax). The tokenizer is `tokenizer` (tokenizer.json or its folder), else the text encoder
+  folder's tokenizer.json; `tokenize` (a callable text -> ids) replaces both (tests, custom
+  tokenizers). `max_text_tokens` (default the reference's 1000) applies when converting."""
+  from wc_jax.convert import kinds
+  from wc_jax.convert.encoders import load_encoder as load
+  from wc_jax.models.encoders import conditioning
+  for flag, path in (("--text_encoder", text_encoder), ("--byt5", byt5), ("--siglip", siglip)):
+    _need_path(flag, path)
+  if tokenize is None:
+    tok_path = tokenizer or text_encoder
+    if tokenizer:
+      _need_path("--tokenizer", tokenizer)
+    elif not os.path.isfile(os.path.join(text_encoder, "tokenizer.json")):
+      raise FileNotFoundError(f"no tokenizer: {text_encoder} has no tokenizer.json; pass --tokenizer PATH "
+                              "(the Qwen2.5-VL checkpoint's tokenizer.json or its folder)")
+    tokenize = load_tokenizer(tok_path)
+  crop = conditioning.crop_start_for(tokenize)
+  wrapper = dict(crop_start=crop)
+  if max_text_tokens:
+    wrapper["max_length"] = int(max_text_tokens)
+  text = load(kinds.QWEN25VL_TEXT, text_encoder, dtype=dtype, **wrapper)
+  glyph = load(kinds.BYT5, byt5, dtype=dtype)
+  vision = load(kinds.SIGLIP, siglip, dtype=dtype)
+  vae_model = vae_model if vae_model is not None else build_vae(vae, config)
+  return JaxEncoder(text, glyph, vision, tokenize, vae_model, frame_hw=frame_hw, resolution=resolution,
+                    on_overflow=on_overflow)
+
+
 def image_records(pairs, encoder, traj_fn, per_image: int = 1) -> Iterator[dict]:
-  """Records for (image, caption) pairs: encoder states + `per_image` trajectories each."""
+  """Records for (image, caption[, pose string]) entries: encoder states + `per_image`
+  trajectories each (an entry's own pose string replaces `traj_fn`; its length sets T).
+
+  A failure on one input (unreadable image, bad prompt, encoder error) raises one line
+  naming the record."""
   n = 0
-  for k, (path, caption) in enumerate(pairs):
-    states = encoder(load_image(path), caption)
+  for k, item in enumerate(pairs):
+    path, caption = item[0], item[1]
+    actions = item[2] if len(item) > 2 else None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"record {k:06d}_{stem} ({path})"
+    try:
+      image = load_image(path)
+    except FileNotFoundError:
+      raise FileNotFoundError(f"{name}: image not found") from None
+    except Exception as e:   # PIL raises several types for a broken file
+      raise ValueError(f"{name}: cannot read the image: {_one_line(e)}") from None
+    try:
+      states = encoder(image, caption)
+      own = trajectories.trajectory_from_string(actions) if actions else None
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{name}: {_one_line(e)}") from None
     missing = [key for key in ENCODER_KEYS if key not in states]
     if missing:
       raise ValueError(f"the encoder's output for {path} misses {missing}; it must return "
                        f"{list(ENCODER_KEYS)}")
-    stem = os.path.splitext(os.path.basename(path))[0]
     for j in range(per_image):
-      yield _record(f"{k:06d}_{stem}_t{j}", caption, states, traj_fn(n))
+      yield _record(f"{k:06d}_{stem}_t{j}", caption, states, own if own is not None else traj_fn(n))
       n += 1
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
 
 
 def _record(rid: str, prompt: str, states: Mapping, tr: trajectories.Trajectory) -> dict:
@@ -267,7 +490,34 @@ def write_synthetic(out: str, name: str, spec: tfds_builder.RecordSpec,
                                     description=f"synthetic world: {config}")
 
 
-def main(argv=None) -> str:
+def _jax_encoder_from_args(a, tokenize=None) -> JaxEncoder:
+  for flag, path in (("--text_encoder", a.text_encoder), ("--byt5", a.byt5), ("--siglip", a.siglip)):
+    _need_path(flag, path)                 # every missing path before any loading
+  if a.tokenizer:
+    _need_path("--tokenizer", a.tokenizer)
+  cfg = _load_config(a.config) if a.config else None
+  frame_hw = None
+  if a.height or a.width:
+    if not (a.height and a.width):
+      raise ValueError("--height and --width go together")
+    frame_hw = (a.height, a.width)
+  vae = build_vae(a.vae, cfg)
+  if cfg is not None and int(vae.config.latent_channels) != int(cfg.model.latent_channels):
+    raise ValueError(f"the VAE has {vae.config.latent_channels} latent channels, the config's DiT "
+                     f"{cfg.model.latent_channels}")
+  if frame_hw is None and cfg is not None:
+    f = int(vae.config.ffactor_spatial)
+    frame_hw = (int(cfg.sampling.latent_height) * f, int(cfg.sampling.latent_width) * f)
+  enc = jax_encoder(a.text_encoder, a.byt5, a.siglip, tokenizer=a.tokenizer, vae=None, config=None,
+                    frame_hw=frame_hw, resolution=a.resolution, on_overflow=a.on_overflow,
+                    max_text_tokens=a.max_text_tokens or None, dtype=a.encoder_dtype, tokenize=tokenize,
+                    vae_model=vae)
+  return enc
+
+
+def main(argv=None, *, tokenize: Callable[[str], list[int]] | None = None) -> str:
+  """The CLI. `tokenize` (text -> Qwen2.5 ids) replaces --tokenizer: a hook for tests and
+  custom tokenizers; it selects the JAX encoder mode."""
   p = argparse.ArgumentParser(prog="python -m wc_jax.data.write_records", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="mode", required=True)
@@ -291,10 +541,32 @@ def main(argv=None) -> str:
     q.add_argument("--trajectory", default="random", help="'random' or a pose string")
     q.add_argument("--poses", default=None, help="reference pose JSON (overrides --trajectory)")
     if mode == "images":
-      q.add_argument("--images", required=True)
-      q.add_argument("--encoder", required=True, help="module:factory")
-      q.add_argument("--encoder_arg", action="append", default=[], help="key=value (JSON value)")
+      q.add_argument("--images", required=True,
+                     help="folder: images + prompts.jsonl / captions.json(l) / <stem>.txt")
       q.add_argument("--per_image", type=int, default=1, help="trajectories per image")
+      q.add_argument("--encoder", default=None, help="a Python encoder: module:factory")
+      q.add_argument("--encoder_arg", action="append", default=[], help="key=value (JSON value)")
+      j = q.add_argument_group("JAX encoders (instead of --encoder): checkpoint folders, reference "
+                               "layout (config.json + safetensors) or wc_jax Orbax")
+      j.add_argument("--text_encoder", default=None, help="Qwen2.5-VL(-7B-Instruct) folder")
+      j.add_argument("--byt5", default=None, help="ByT5 / Glyph-SDXL-v2 byt5 folder")
+      j.add_argument("--siglip", default=None, help="SigLIP vision tower folder")
+      j.add_argument("--tokenizer", default=None,
+                     help="Qwen2.5 tokenizer.json or its folder (default: the text encoder folder)")
+      j.add_argument("--vae", default=None, help="VAE folder for the first latents "
+                     "(default: --config's vae section)")
+      j.add_argument("--config", default=None,
+                     help="config whose vae section and latent grid to use (e.g. configs/hunyuan8b.py)")
+      j.add_argument("--height", type=int, default=0, help="first-frame pixels for the VAE (0: the "
+                     "config's latent grid x VAE factor, else the image's --resolution bucket)")
+      j.add_argument("--width", type=int, default=0)
+      j.add_argument("--resolution", default="480p", help="bucket set for SigLIP (and the VAE frame)")
+      j.add_argument("--max_text_tokens", type=int, default=0,
+                     help="text length kept after the template (0: the reference's 1000)")
+      j.add_argument("--encoder_dtype", default=None, choices=("float32", "bfloat16"),
+                     help="compute dtype of the encoders (default: as stored)")
+      j.add_argument("--on_overflow", default="error", choices=("error", "truncate"),
+                     help="a prompt over the limit: stop naming the record, or cut it (the reference)")
     else:
       q.add_argument("--latents_json", required=True)
   a = p.parse_args(argv)
@@ -312,14 +584,26 @@ def main(argv=None) -> str:
     path = write_synthetic(a.out, a.name, spec, sc, a.test_examples)
   else:
     traj_fn = trajectory_source(a.trajectory, a.num_latents, a.seed, a.poses)
+    spec = None
     if a.mode == "images":
-      encoder = load_encoder(a.encoder, _parse_kv(a.encoder_arg))
       pairs = list_images(a.images)
+      jax_mode = any((a.text_encoder, a.byt5, a.siglip)) or tokenize is not None
+      if jax_mode and a.encoder:
+        raise ValueError("--encoder and the JAX encoders (--text_encoder, --byt5, --siglip) exclude each other")
+      if jax_mode:
+        encoder = _jax_encoder_from_args(a, tokenize)
+        spec = tfds_builder.RecordSpec(**encoder.dims, state_dtype=a.state_dtype)
+      elif a.encoder:
+        encoder = load_encoder(a.encoder, _parse_kv(a.encoder_arg))
+      else:
+        raise ValueError("images: pass the JAX encoders (--text_encoder, --byt5, --siglip) or --encoder "
+                         "module:factory")
       make = lambda: image_records(pairs, encoder, traj_fn, a.per_image)  # noqa: E731
     else:
       make = lambda: reference_records(a.latents_json, traj_fn)  # noqa: E731
-    first = next(iter(make()))
-    spec = _spec_from_states(first, state_dtype=a.state_dtype)
+    if spec is None:
+      first = next(iter(make()))
+      spec = _spec_from_states(first, state_dtype=a.state_dtype)
     path = tfds_builder.write_dataset(a.out, a.name, spec, {"train": make},
                                       description=f"{a.mode} records")
   print(path)
@@ -327,4 +611,7 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  try:
+    main(sys.argv[1:])
+  except (FileNotFoundError, ValueError, TypeError) as e:   # one line, no traceback
+    sys.exit(f"write_records: error: {_one_line(e)}")

@@ -9,48 +9,81 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from wc_jax.rewards.idm import idm_reward
+from wc_jax.rewards.idm import LOG_LIKELIHOOD_FLOOR, idm_reward
 from wc_jax.rewards.interaction import interaction_reward
 from wc_jax.rewards.quality import quality_drift_reward, quality_reward
 from wc_jax.rewards.similarity import embedding_similarity_reward
 
 
 @dataclasses.dataclass(frozen=True)
+class RewardWindow:
+  """What a reward may read about the scored window besides each candidate's frames."""
+  first_frame: Any               # [H,W,3] in [0,1]: the trajectory's first frame (the drift reference)
+  actions: Any                   # [L] int32 commanded labels of the window's latents
+  real: Any = None               # [F,H,W,3] in [0,1]: the window's real frames (data with video), or None
+
+
+@dataclasses.dataclass(frozen=True)
 class RewardSpec:
-  """A named reward: its one-candidate callable, argument names and default weight."""
+  """A named reward: its one-candidate callable, argument names, default weight, and how the
+  RL reward stage calls it (`model`: the reward model it needs, built once from the config
+  section named in `section`; `score(model, frames, window, options) -> scalar`)."""
   name: str
   fn: Callable
   args: tuple[str, ...]
   weight: float
   doc: str
+  model: str | None = None       # "pose" | "scorer" | "encoder" | "idm"
+  score: Callable | None = None  # (model, frames [F,H,W,3], RewardWindow, options: Mapping) -> float32 []
+
+
+def _real(name: str, window: RewardWindow):
+  if window.real is None:
+    raise ValueError(f"reward {name!r} compares with the real continuation of the window, but the data "
+                     "has no video: use records written with frames (write_records from videos) or "
+                     "data.source='synthetic_world'")
+  return window.real
+
+
+def _action_score(kind):
+  return lambda pose_model, frames, w, o: interaction_reward(frames, w.actions, pose_model, kind=kind)
 
 
 REWARDS: dict[str, RewardSpec] = {
     "fine_action": RewardSpec(
         "fine_action", functools.partial(interaction_reward, kind="fine_action"),
         ("frames", "commanded_actions", "pose_model"), 2.0,
-        "mean of translation and rotation label accuracy (released action reward)"),
+        "mean of translation and rotation label accuracy (released action reward)",
+        model="pose", score=_action_score("fine_action")),
     "action": RewardSpec(
         "action", functools.partial(interaction_reward, kind="action"),
         ("frames", "commanded_actions", "pose_model"), 0.0,
-        "81-way label accuracy (reference action_reward_type='action')"),
+        "81-way label accuracy (reference action_reward_type='action')",
+        model="pose", score=_action_score("action")),
     "drift": RewardSpec(
         "drift", quality_drift_reward, ("frames", "scorer", "first_frame"), 1.0,
-        "-mean |Q(frame_k) - Q(first frame)| over window frames 3::4"),
+        "-mean |Q(frame_k) - Q(first frame)| over window frames 3::4",
+        model="scorer", score=lambda scorer, frames, w, o: quality_drift_reward(frames, scorer, w.first_frame)),
     "quality": RewardSpec(
         "quality", quality_reward, ("frames", "scorer"), 0.0,
-        "mean Q over window frames 3::4 (reference hpsv3_quality, fixed prompt)"),
+        "mean Q over window frames 3::4 (reference hpsv3_quality, fixed prompt)",
+        model="scorer", score=lambda scorer, frames, w, o: quality_reward(frames, scorer)),
     "prompt_quality": RewardSpec(
         "prompt_quality", quality_reward, ("frames", "scorer"), 0.0,
         "mean Q over window frames 3::4 with a caption-conditioned scorer (reference hpsv3)"),
     "embedding_similarity": RewardSpec(
         "embedding_similarity", embedding_similarity_reward, ("generated", "real", "encoder"), 0.0,
-        "RWML: similarity to the real continuation in an embedding space"),
+        "RWML: similarity to the real continuation in an embedding space",
+        model="encoder", score=lambda enc, frames, w, o: embedding_similarity_reward(
+            frames, _real("embedding_similarity", w), enc, pooling=str(o.get("pooling", "frame")),
+            threshold=float(o["threshold"]) if o.get("binarize", False) else None)),
     "idm": RewardSpec(
         "idm", idm_reward, ("clip", "commanded_actions", "idm"), 0.0,
-        "SWIRL: inverse-dynamics log-likelihood of the commanded action, clamped at -10"),
+        "SWIRL: inverse-dynamics log-likelihood of the commanded action, clamped at -10",
+        model="idm", score=lambda idm, frames, w, o: idm_reward(
+            frames, w.actions, idm, floor=float(o.get("floor", LOG_LIKELIHOOD_FLOOR)))),
 }
 
 # The reference's reward names (fixture files, training args) -> ours.

@@ -11,28 +11,83 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from wc_jax.rewards.batch import score_candidates
+from wc_jax.rewards.registry import RewardWindow
+
+LATENT_FRAMES = 4          # decoded frames per latent after the first (the causal VAE's temporal stride)
+
+
+WINDOWS = ("wc_jax", "released")
+
+
+def window_frame_range(clip: int, chunk: int, window: str = "wc_jax") -> tuple[int, int]:
+  """[start, stop) of the video frames the reward window of clip `clip` (1-indexed) covers.
+
+  Clip 1 decodes its own `chunk` latents: frames 0 .. 4(chunk-1). Later clips, s0 = (clip-1)*chunk:
+  "wc_jax" decodes the previous latent + the `chunk` new ones and keeps 1 + 4*chunk frames, from
+  the previous latent's last frame 4(s0-1) to 4(s0+chunk-1); "released" (the reference) decodes
+  [latent 0 + 2 previous + the new ones] and keeps the new latents' 4*chunk frames.
+  """
+  if window not in WINDOWS:
+    raise ValueError(f"reward window must be one of {WINDOWS}, got {window!r}")
+  s0 = (clip - 1) * chunk
+  stop = LATENT_FRAMES * (s0 + chunk - 1) + 1
+  if clip == 1:
+    return 0, stop
+  return (LATENT_FRAMES * (s0 - 1) if window == "wc_jax" else stop - LATENT_FRAMES * chunk), stop
 
 
 @dataclasses.dataclass
 class RewardStage:
-  """Decodes candidate clips and scores them with the configured rewards."""
-  decode: Callable            # latents [B, C, T', h, w] -> frames [B, F, H, W, 3] in [0, 1]
-  rewards: dict[str, Callable]  # name -> fn(frames [G,F,H,W,3], first_frame [H,W,3], actions [chunk]) -> [G]
-  weights: dict[str, float]
+  """Decodes candidate clips and scores them with the configured rewards.
 
-  def __call__(self, r: Any, first_latent_window: jax.Array | None):
+  `rewards[name](frames [F,H,W,3], window: RewardWindow) -> float32 []` scores ONE candidate;
+  the stage maps it over the G candidates (split over the mesh's data axes when `mesh` is
+  set, `wc_jax.rewards.batch.score_candidates`).
+  """
+  decode: Callable            # latents [B, C, T', h, w] -> frames [B, F, H, W, 3] in [0, 1]
+  rewards: dict[str, Callable]
+  weights: dict[str, float]
+  mesh: Any = None
+  window: str = "wc_jax"      # which frames a clip's rewards read: see window_frame_range
+
+  def __call__(self, r: Any, first_latent_window: jax.Array | None, real_frames: np.ndarray | None = None):
     """Scores one clip rollout `r` (x0 [G,C,T',h,w] candidates, prefix [1,C,T_p,h,w], action [1,T']).
 
-    Window = previous latent (later chunks: 1 + 4*4 = 17 frames) + the candidate's 4 latents.
+    `first_latent_window`: the previous latent [1,C,1,h,w] (None for clip 1). `real_frames`: the
+    trajectory's whole real video [F_all,H,W,3] (uint8 or [0,1] floats), or None.
     """
-    g = r.x0.shape[0]
-    if first_latent_window is not None:
-      lat = jnp.concatenate([jnp.broadcast_to(first_latent_window, (g,) + first_latent_window.shape[1:]), r.x0], axis=2)
-    else:
+    g, chunk = r.x0.shape[0], r.x0.shape[2]
+    if self.window not in WINDOWS:
+      raise ValueError(f"reward window must be one of {WINDOWS}, got {self.window!r}")
+    bc = lambda x: jnp.broadcast_to(x, (g,) + x.shape[1:])
+    released = self.window == "released"
+    if first_latent_window is None:
       lat = r.x0
+    elif released:   # latent 0 + the 2 latents before the clip + the new ones; keep the new frames
+      lat = jnp.concatenate([bc(r.prefix[:, :, :1]), bc(r.prefix[:, :, -2:]), r.x0], axis=2)
+    else:
+      lat = jnp.concatenate([bc(first_latent_window), r.x0], axis=2)
     frames = self.decode(lat)
-    if first_latent_window is not None:
-      frames = frames[:, -(4 * r.x0.shape[2] + 1):]
-    first = self.decode(r.prefix[:, :, :1] if r.prefix.shape[2] else r.x0[:1, :, :1])[0, 0]
-    scores = {name: fn(frames, first, r.action[0]) for name, fn in self.rewards.items()}
+    start, stop = window_frame_range(r.clip, chunk, self.window)
+    frames = frames[:, -(stop - start):]
+    if released and first_latent_window is None:   # clip 1: each candidate's own first frame
+      firsts = frames[:, 0]
+    else:
+      first = self.decode(r.prefix[:, :, :1] if r.prefix.shape[2] else r.x0[:1, :, :1])[0, 0]
+      firsts = jnp.broadcast_to(first, (g,) + first.shape)
+    real = None
+    if real_frames is not None:
+      real_frames = np.asarray(real_frames)
+      if real_frames.shape[0] < stop or real_frames.shape[1:] != tuple(frames.shape[2:]):
+        raise ValueError(f"the trajectory's real video has shape {real_frames.shape}; clip {r.clip}'s window "
+                         f"needs frames {start}..{stop - 1} of size {tuple(frames.shape[2:])}")
+      real = real_frames[start:stop]
+      real = jnp.asarray(real, jnp.float32) / 255.0 if real.dtype == np.uint8 else jnp.asarray(real, jnp.float32)
+    window = RewardWindow(first_frame=None, actions=jnp.asarray(r.action[0], jnp.int32), real=real)
+    scores = {name: score_candidates(lambda f, first, fn=fn: fn(f, dataclasses.replace(window, first_frame=first)),
+                                     frames, firsts, mesh=self.mesh)
+              for name, fn in self.rewards.items()}
     return scores, frames

@@ -16,14 +16,15 @@ import inspect
 import json
 import logging
 import os
-import pathlib
 import sys
 import warnings
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from wc_jax.distributed import any_process
+from wc_jax.rl.logging_utils import as_path, is_remote
 from wc_jax.rl.update import TrainState
 
 log = logging.getLogger("wc_jax.train")
@@ -97,6 +98,15 @@ def _drop_abandoned_read_noise() -> None:
   warnings.filterwarnings("ignore", message=f"coroutine '{_ABANDONED}' was never awaited", category=RuntimeWarning)
 
 
+def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
+  for f in src.iterdir():
+    if f.is_dir():
+      _copy_tree(f, dst / f.name)
+    else:
+      (dst / f.name).parent.mkdir(parents=True, exist_ok=True)
+      (dst / f.name).write_bytes(f.read_bytes())
+
+
 def _multiprocess() -> bool:
   return jax.process_count() > 1
 
@@ -105,7 +115,7 @@ class Checkpointer:
 
   def __init__(self, directory, cfg, max_to_keep: int | None = None):
     self.cfg = cfg
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = as_path(directory)   # local or gs://: Orbax and TensorStore write either
     # corrupt steps go beside the checkpoint folder, where Orbax does not look for steps
     self.corrupt_dir = self.directory.parent / f"{self.directory.name}.corrupt"
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or cfg.checkpoint.keep,
@@ -123,12 +133,22 @@ class Checkpointer:
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process at the same step once a preemption notice arrived (the TPU
+    maintenance / Spot notice through jax.distributed's preemption sync manager, which is only
+    there on a multi-process run). Call it at every step boundary; a True means: save, exit."""
+    try:
+      return bool(self.manager.reached_preemption(step))
+    except Exception as e:  # noqa: BLE001  (no sync manager: no notice can arrive this way)
+      log.debug("preemption check unavailable: %s", e)
+      return False
+
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def _step_dir(self, step: int) -> pathlib.Path:
+  def _step_dir(self, step: int) -> epath.Path:
     try:   # the manager's own path (its step name format); a private method, hence the fallback
-      return pathlib.Path(self.manager._get_read_step_directory(step, self.manager.directory))
+      return epath.Path(self.manager._get_read_step_directory(step, self.manager.directory))
     except Exception:  # noqa: BLE001
       return self.directory / str(step)
 
@@ -141,7 +161,7 @@ class Checkpointer:
     return {k: (saved_model.get(k), want.get(k)) for k in set(want) | set(saved_model)
             if saved_model.get(k) != want.get(k)}
 
-  def _move_aside(self, step: int, reason: str, resumed: int) -> pathlib.Path:
+  def _move_aside(self, step: int, reason: str, resumed: int) -> epath.Path:
     """Moves the unreadable step's folder to `<checkpoints>.corrupt/<step>[.N]` (process 0; every
     process waits for it) and re-reads the step list. Returns the new location."""
     src = self._step_dir(step)
@@ -157,7 +177,11 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"wc_jax checkpoint step {step} moving aside")
     if jax.process_index() == 0:
       self.corrupt_dir.mkdir(parents=True, exist_ok=True)
-      os.replace(src, dst)   # a rename on the same filesystem: nothing is copied or deleted
+      if is_remote(src):     # object stores have no folder rename: copy every object, then drop the old
+        _copy_tree(src, dst)
+        src.rmtree()
+      else:
+        os.replace(src, dst)   # a rename on the same filesystem: nothing is copied or deleted
     if _multiprocess():
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"wc_jax checkpoint step {step} moved aside")

@@ -1,23 +1,26 @@
-"""Builds the reward stage (VAE decoder, pose network, quality scorer) from a config.
+"""Builds the reward stage (VAE decoder + the reward models the configured rewards need) from a config.
 
 Each component is either converted weights from a local folder (real runs) or a random
 model at the configured size (tiny demos, tests); nothing is downloaded.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wc_jax.convert import idm as convert_idm
 from wc_jax.convert import kinds, load_model
 from wc_jax.convert.quality import load_scorer, random_scorer
 from wc_jax.models.da3 import config as da3_config
 from wc_jax.models.da3 import model as da3_model
 from wc_jax.models.quality import clip as clip_lib
 from wc_jax.models import vae as vae_lib
+from wc_jax.models.idm import IDMConfig
 from wc_jax.progress import phase
-from wc_jax.rewards.interaction import interaction_reward
-from wc_jax.rewards.quality import quality_drift_reward
+from wc_jax.rewards.registry import get_reward
 from wc_jax.rewards.stage import RewardStage
 
 
@@ -58,6 +61,25 @@ def build_pose_model(pcfg):
   return da3_model.make_pose_model(model, process_res=pcfg.process_res)
 
 
+SCORERS = ("clip", "hpsv3")
+
+
+def build_quality_scorer(qcfg, rcfg):
+  """`rewards.quality.scorer`: "hpsv3" (the paper's HPSv3, options in `rewards.hpsv3`) or "clip"
+  (the light CLIP aesthetic option, this section)."""
+  kind = qcfg.get("scorer", "clip")
+  if kind == "hpsv3":
+    from wc_jax.rewards.hpsv3 import build_scorer as build_hpsv3
+    section = rcfg.get("hpsv3", None)
+    if section is None:
+      raise ValueError("rewards.quality.scorer='hpsv3' needs a `rewards.hpsv3` section (checkpoint, tokenizer, "
+                       "dtype, ...; see configs/hunyuan8b.py)")
+    return build_hpsv3(section)
+  if kind != "clip":
+    raise ValueError(f"rewards.quality.scorer must be one of {SCORERS}, got {kind!r}")
+  return build_scorer(qcfg)
+
+
 def build_scorer(qcfg):
   if qcfg.checkpoint and qcfg.head_checkpoint:
     return load_scorer(qcfg.checkpoint, qcfg.head_checkpoint)
@@ -68,35 +90,75 @@ def build_scorer(qcfg):
   return random_scorer(vision, head, seed=qcfg.seed)
 
 
-def build_reward_stage(cfg, latent_channels: int) -> RewardStage:
+def build_idm(icfg):
+  if icfg.checkpoint:
+    return load_model(kinds.IDM, icfg.checkpoint)
+  return convert_idm.random_idm(IDMConfig(in_channels=3, frames_per_step=4, widths=tuple(icfg.widths),
+                                          hidden=int(icfg.hidden)), seed=int(icfg.seed))
+
+
+def build_encoder(scfg, models):
+  """The RWML embedding model: `quality` reuses the quality scorer's CLIP tower."""
+  if scfg.encoder == "quality":
+    scorer = models("scorer")
+    if not hasattr(scorer, "vision"):
+      raise ValueError("rewards.similarity.encoder='quality' embeds with the CLIP scorer's tower; the configured "
+                       "scorer (rewards.quality.scorer) has none: use the CLIP scorer for similarity")
+    return scorer.vision
+  raise ValueError(f"rewards.similarity.encoder must be 'quality' (the quality scorer's CLIP tower), "
+                   f"got {scfg.encoder!r}")
+
+
+# reward model role -> (config section under `rewards`, what it is, builder(section, models))
+MODEL_BUILDERS = {
+    "pose": ("pose", "pose model (Depth Anything 3)", lambda sec, models: build_pose_model(sec)),
+    "scorer": ("quality", "quality scorer", None),
+    "encoder": ("similarity", "embedding model", build_encoder),
+    "idm": ("idm", "inverse-dynamics model", lambda sec, models: build_idm(sec)),
+}
+
+
+def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
+  """The configured rewards (`rewards.weights`: registry name -> weight), each reward model
+  built once whichever rewards use it; options come from the reward's own section."""
   rcfg = cfg.rewards
   with phase("building the VAE decoder", cfg.vae.checkpoint or "random weights"):
     decode = make_decoder(build_vae(cfg.vae, latent_channels))
-  fns = {}
-  weights = {}
-  models = {}                       # each reward model is built once, whichever rewards use it
+  built = {}
 
-  def model(key, what, build, section):
-    if key not in models:
-      with phase(f"building the {what}", section.checkpoint or "random weights"):
-        models[key] = build(section)
-    return models[key]
+  def models(role):
+    if role not in built:
+      section_name, what, build = MODEL_BUILDERS[role]
+      section = rcfg.get(section_name, None)
+      if section is None:
+        raise ValueError(f"rewards.{section_name} is missing: the {what} needs it")
+      if role == "scorer":
+        kind = section.get("scorer", "clip")
+        what = f"quality scorer ({'HPSv3' if kind == 'hpsv3' else 'CLIP aesthetic'})"
+        source = rcfg.hpsv3.get("checkpoint", "") if kind == "hpsv3" and "hpsv3" in rcfg else section.get("checkpoint", "")
+        build = lambda sec, models: build_quality_scorer(sec, rcfg)
+      else:
+        source = section.get("checkpoint", "")
+      with phase(f"building the {what}", source or "random weights"):
+        built[role] = build(section, models)
+    return built[role]
 
+  fns, weights = {}, {}
   for name, weight in rcfg.weights.items():
-    if name in ("fine_action", "action"):
-      pose_model = model("pose", "pose model (Depth Anything 3)", build_pose_model, rcfg.pose)
+    try:
+      spec = get_reward(name)
+    except KeyError as e:
+      raise ValueError(str(e.args[0])) from None
+    if spec.score is None or spec.model not in MODEL_BUILDERS:
+      raise ValueError(f"reward {name!r} cannot be used in the RL loop yet (it needs a model the trainer "
+                       f"does not build: {spec.model!r})")
+    model = models(spec.model)
+    options = rcfg.get(MODEL_BUILDERS[spec.model][0], {})
+    fns[spec.name] = functools.partial(_score_one, spec.score, model, options)
+    weights[spec.name] = float(weight)
+  window = cfg.rl.get("reward_window", "wc_jax") if "rl" in cfg else "wc_jax"
+  return RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window)
 
-      def action_fn(frames, first, actions, kind=name, pose_model=pose_model):
-        acts = actions.astype(jnp.int32)
-        return jax.vmap(lambda f: interaction_reward(f, acts, pose_model, kind=kind))(frames)
-      fns[name] = action_fn
-    elif name in ("drift",):
-      scorer = model("quality", "quality scorer (CLIP aesthetic)", build_scorer, rcfg.quality)
 
-      def drift_fn(frames, first, actions, scorer=scorer):
-        return jax.vmap(lambda f: quality_drift_reward(f, scorer, first))(frames)
-      fns[name] = drift_fn
-    else:
-      raise ValueError(f"reward {name!r} is not wired into the RL loop (have: fine_action, action, drift)")
-    weights[name] = float(weight)
-  return RewardStage(decode=decode, rewards=fns, weights=weights)
+def _score_one(score, model, options, frames, window):
+  return score(model, frames, window, options)

@@ -19,13 +19,16 @@ from typing import Any, Callable
 from wc_jax.models.worldplay.config import REMAT_POLICIES, DiTConfig
 from wc_jax.nn.attention import IMPLS as ATTENTION_IMPLS
 from wc_jax.rewards.advantages import STD_TYPE_NAMES
+from wc_jax.rewards.registry import REWARDS
 from wc_jax.rl.curriculum import KINDS as CURRICULA
 
 TRAIN_SECTIONS = ("model", "sampling", "text", "mesh", "rl", "optim", "vae", "rewards", "checkpoint")
 GENERATE_SECTIONS = ("model", "sampling", "text", "mesh")
 PLAN_SECTIONS = ("model", "sampling", "text", "mesh")
-# rewards the RL trainer's reward stage can build (wc_jax.rl.components.build_reward_stage)
-TRAINER_REWARDS = ("fine_action", "action", "drift")
+# rewards the RL trainer's reward stage can build (wc_jax.rl.components.build_reward_stage): every
+# registry reward that says which reward model it needs; its options live in that model's section
+TRAINER_REWARDS = tuple(name for name, spec in REWARDS.items() if spec.score is not None)
+REWARD_SECTIONS = {"pose": "pose", "scorer": "quality", "encoder": "similarity", "idm": "idm"}
 DATA_SOURCES = ("synthetic_latents", "records", "synthetic_world")
 FIRST_LATENTS = ("pooled", "vae")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -147,11 +150,15 @@ SECTIONS: dict[str, dict[str, Rule]] = {
     "mesh": dict(data=integer(1, also=(-1,)), fsdp=integer(1, also=(-1,)), context=integer(1, also=(-1,)),
                  tensor=integer(1, also=(-1,))),
     "rl": dict(
-        total_steps=integer(1), group_size=integer(2, why="advantages need two or more candidates per group"),
+        total_steps=integer(1), trajectories_per_step=integer(1),
+        group_size=integer(2, why="advantages need two or more candidates per group"),
         best_of_n=integer(2, why="kept N/2 best + N/2 worst"), curriculum=choice(CURRICULA), max_clip=integer(1),
         fixed_clip=integer(1), rollout_steps=integer(1), shift=number(0, lo_open=True),
         sigma_fraction=number(0, 1, lo_open=True), beta=number(0, lo_open=True), adv_clip=number(0, lo_open=True),
         released_v_old=boolean(), std_type=choice(STD_TYPE_NAMES), policy_ema=unit_tuple(3),
+        samples_per_optimizer_step=integer(0, why="0 = every kept sample in one optimizer step"),
+        per_sample_sigmas=boolean(), sigma_reduction=choice(("mean", "sum")), int_timesteps=boolean(),
+        ema_clock=choice(("optimizer", "rl")), reward_window=choice(("wc_jax", "released")),
         ckpt_ema_decay=number(0, 1)),
     "optim": dict(
         lr=number(0, lo_open=True), weight_decay=number(0), grad_clip=number(0, lo_open=True),
@@ -164,7 +171,10 @@ SECTIONS: dict[str, dict[str, Rule]] = {
         num_epochs=integer(0, why="0 repeats forever"), worker_count=integer(0), read_threads=integer(0),
         first_latent=choice(FIRST_LATENTS), synthetic=anything()),
     "checkpoint": dict(every=integer(1), keep=integer(1), async_save=boolean()),
-    "logging": dict(video_every=integer(0, why="0 = never"), progress=boolean(), nan_as_null=boolean()),
+    "evaluation": dict(every=integer(0, why="0 = never"), trajectories=integer(1), latents=integer(1),
+                       steps=integer(1), seed=integer(0), source=choice(("synthetic", "records")), split=text()),
+    "logging": dict(video_every=integer(0, why="0 = never"), progress=boolean(), nan_as_null=boolean(),
+                    profile_steps=int_tuple(2, lo=0), flush_secs=number(0)),
 }
 
 
@@ -211,6 +221,10 @@ def _check_cross(cfg) -> None:
     rl = cfg.rl
     if rl.best_of_n > rl.group_size:
       raise ConfigError("rl.best_of_n", rl.best_of_n, f"must be <= rl.group_size ({rl.group_size})")
+    spo = rl.get("samples_per_optimizer_step", 0)
+    if spo and rl.best_of_n % spo:
+      raise ConfigError("rl.samples_per_optimizer_step", spo, f"must divide rl.best_of_n ({rl.best_of_n}): the "
+                        "kept samples of a trajectory are split into optimizer steps of this many")
     if rl.curriculum == "fixed" and rl.fixed_clip > rl.max_clip:
       raise ConfigError("rl.fixed_clip", rl.fixed_clip, f"must be <= rl.max_clip ({rl.max_clip})")
   if "sampling" in cfg:
@@ -267,6 +281,14 @@ def validate(cfg, required: tuple[str, ...] = (), rewards: tuple[str, ...] | Non
       if name not in rewards:
         raise ConfigError(f"rewards.weights.{name}", cfg.rewards.weights[name],
                           f"is not a reward this entry point can build; choose from {rewards}")
+      section = REWARD_SECTIONS.get(REWARDS[name].model)
+      if section is not None and section not in cfg.rewards:
+        raise ConfigError(f"rewards.{section}", None, f"reward {name!r} needs its model's section "
+                          f"`rewards.{section}` (see configs/tiny.py)")
+      if name == "embedding_similarity" and cfg.rewards.similarity.get("encoder") == "quality" \
+          and "quality" not in cfg.rewards:
+        raise ConfigError("rewards.quality", None, "rewards.similarity.encoder='quality' embeds with the "
+                          "quality scorer's CLIP tower: configure `rewards.quality`")
 
 
 # ----------------------------------------------------------------------------- workdir

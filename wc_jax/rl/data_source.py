@@ -1,5 +1,5 @@
 """Where the RL trainer's trajectories come from: a config's `data` section -> an iterator of
-`Trajectory` whose state is JSON, so that a resumed run continues the same stream.
+`TrainingExample` whose state is JSON, so that a resumed run continues the same stream.
 
 `data.source`:
   synthetic_latents  seeded random conditioning and commanded camera paths; nothing is read
@@ -23,7 +23,7 @@ import logging
 import numpy as np
 
 from wc_jax.data.pipeline import json_default
-from wc_jax.rl.rollout import Trajectory
+from wc_jax.rl.rollout import TrainingExample
 
 log = logging.getLogger("wc_jax.train")
 
@@ -33,7 +33,7 @@ _ID_BYTES = 256
 
 
 @dataclasses.dataclass
-class RecordTrajectory(Trajectory):
+class RecordExample(TrainingExample):
   """A trajectory read from records: also its vision-token mask and its record id."""
   vision_mask: np.ndarray | None = None   # [1, Lv] valid vision tokens (records may pad them)
   id: str = ""
@@ -64,13 +64,13 @@ class SyntheticTrajectories:
   def __iter__(self):
     return self
 
-  def __next__(self) -> Trajectory:
+  def __next__(self) -> TrainingExample:
     rng = np.random.default_rng([self._seed, self.index])
     self.index += 1
     t, m = self._cfg.text, self._mcfg
     actions, w2c = self._random_trajectory(self._frames, rng)
     h, w = self._hw
-    return Trajectory(
+    return TrainingExample(
         text_states=rng.standard_normal((1, t.text_tokens, m.text_dim), np.float32),
         text_mask=(np.arange(t.text_tokens) < max(1, t.text_tokens * 3 // 4))[None].astype(np.int32),
         byt5_states=rng.standard_normal((1, t.byt5_tokens, m.byt5_in_dim), np.float32),
@@ -170,16 +170,19 @@ class PipelineTrajectories:
                        f"sampling.latent_width)")
     f32 = lambda k: np.asarray(batch[k], np.float32)
     i32 = lambda k: np.asarray(batch[k], np.int32)
-    return dict(text_states=f32("text_states"), text_mask=i32("text_mask"),
-                byt5_states=f32("byt5_states"), byt5_mask=i32("byt5_mask"),
-                vision_states=f32("vision_states"), vision_mask=i32("vision_mask"),
-                first_latent=first, actions=f32("actions")[0], w2c=f32("w2c")[0],
-                Ks=f32("intrinsics")[0], id=_encode_id(rid))
+    out = dict(text_states=f32("text_states"), text_mask=i32("text_mask"),
+               byt5_states=f32("byt5_states"), byt5_mask=i32("byt5_mask"),
+               vision_states=f32("vision_states"), vision_mask=i32("vision_mask"),
+               first_latent=first, actions=f32("actions")[0], w2c=f32("w2c")[0],
+               Ks=f32("intrinsics")[0], id=_encode_id(rid))
+    if "frames" in batch:                  # the real continuation (records with video)
+      out["real_frames"] = np.asarray(batch["frames"][0], np.uint8)
+    return out
 
   def __iter__(self):
     return self
 
-  def __next__(self) -> RecordTrajectory:
+  def __next__(self) -> RecordExample:
     if self._pending is not None:
       self._restore(self._pending)
     k = self.consumed
@@ -192,7 +195,7 @@ class PipelineTrajectories:
     self.consumed = k + 1
     arrays = {key: np.asarray(v) for key, v in arrays.items()}
     rid = _decode_id(arrays.pop("id"))
-    return RecordTrajectory(**arrays, id=rid)
+    return RecordExample(**arrays, id=rid)
 
 
 # ----------------------------------------------------------------------------- from a config

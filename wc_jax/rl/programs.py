@@ -20,7 +20,7 @@ from wc_jax.models.worldplay.model import TextCache, VisionCache
 from wc_jax.rewards.nft import nft_sigma_schedule
 from wc_jax.rl.optim import make_optimizer
 from wc_jax.rl.rollout import ClipRolloutEngine
-from wc_jax.rl.update import UpdateBatch, init_state, make_update_fn, state_shardings
+from wc_jax.rl.update import UpdateBatch, UpdateSemantics, init_state, make_update_fn, state_shardings
 
 
 def optimizer(cfg, params_like) -> optax.GradientTransformation:
@@ -32,10 +32,21 @@ def optimizer(cfg, params_like) -> optax.GradientTransformation:
                         b1=float(o.b1), b2=float(o.b2), stacked=sharding.stacked_layer_paths(params_like))
 
 
+def semantics(cfg) -> UpdateSemantics:
+  """The `rl` section's update semantics (absent keys: wc_jax's defaults)."""
+  rl, d = cfg.rl, UpdateSemantics()
+  return UpdateSemantics(samples_per_optimizer_step=int(rl.get("samples_per_optimizer_step",
+                                                               d.samples_per_optimizer_step)),
+                         per_sample_sigmas=bool(rl.get("per_sample_sigmas", d.per_sample_sigmas)),
+                         sigma_reduction=str(rl.get("sigma_reduction", d.sigma_reduction)),
+                         int_timesteps=bool(rl.get("int_timesteps", d.int_timesteps)),
+                         ema_clock=str(rl.get("ema_clock", d.ema_clock)))
+
+
 def _hyper(cfg) -> tuple:
   rl = cfg.rl
   return (int(rl.rollout_steps), float(rl.shift), float(rl.sigma_fraction), float(rl.beta), float(rl.adv_clip),
-          bool(rl.released_v_old), tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay))
+          bool(rl.released_v_old), tuple(float(x) for x in rl.policy_ema), float(rl.ckpt_ema_decay), semantics(cfg))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,25 +66,27 @@ def update_program(cfg, apply, params_like, mesh) -> UpdateProgram:
   tx = optimizer(cfg, params_like)
   param_shardings = sharding.state_shardings(params_like, mesh)
   state_like = jax.eval_shape(lambda p: init_state(p, tx, 0), params_like)
-  st_shard = state_shardings(state_like, param_shardings, mesh)
+  st_shard = state_shardings(state_like, mesh)
   key = (apply, tx, _hyper(cfg), mesh, jax.tree.structure(params_like),
          tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(params_like)))
   fn = _CACHE.get(key)
   if fn is None:
-    steps, shift, frac, beta, adv_clip, released, policy_ema, ckpt_ema = _hyper(cfg)
+    steps, shift, frac, beta, adv_clip, released, policy_ema, ckpt_ema, sem = _hyper(cfg)
     update = make_update_fn(apply, tx, sigma_schedule=nft_sigma_schedule(steps, shift), sigma_fraction=frac,
                             beta=beta, adv_clip=adv_clip, released_v_old=released, policy_ema=policy_ema,
-                            ckpt_ema_decay=ckpt_ema)
+                            ckpt_ema_decay=ckpt_ema, semantics=sem)
     fn = _CACHE[key] = jax.jit(update, out_shardings=(st_shard, NamedSharding(mesh, P())), donate_argnums=(0,))
   return UpdateProgram(tx, param_shardings, st_shard, fn)
 
 
-def kv_sharding(x, mesh, vision: bool = False) -> NamedSharding:
-  """A cache's K or V: layer axis first, then (vision: the RoPE/PRoPE branch,) batch over the data
-  axes, tokens over `context`, heads over `tensor`."""
+def kv_sharding(x, mesh, vision: bool = False, leading: int = 0) -> NamedSharding:
+  """A cache's K or V: (`leading` unsplit axes, e.g. the update's trajectory axis,) layer axis,
+  then (vision: the RoPE/PRoPE branch,) batch over the data axes, tokens over `context`, heads
+  over `tensor`."""
   logical = ("layers",) + ((None,) if vision else ()) + ("activation_batch", "activation_length", "activation_heads",
                                                          None)
-  return NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(logical, mesh=mesh), x.shape, mesh))
+  spec = sharding.fit_spec(sharding.logical_to_spec(logical, mesh=mesh), x.shape[leading:], mesh)
+  return NamedSharding(mesh, P(*((None,) * leading), *spec))
 
 
 def rollout_engine(cfg, apply) -> ClipRolloutEngine:
@@ -83,14 +96,16 @@ def rollout_engine(cfg, apply) -> ClipRolloutEngine:
 
 
 def batch_shardings(batch: UpdateBatch, mesh) -> UpdateBatch:
-  """Where the update's inputs live: the batch-1 caches with their layer/token axes split as
-  the model's rules say, everything else (K kept candidates, condition, camera) replicated."""
+  """Where the update's inputs live: the caches (leading trajectory axis, then batch 1) with
+  their layer/token axes split as the model's rules say, everything else replicated."""
   rep = NamedSharding(mesh, P())
   tc, vc = batch.text_cache, batch.ctx
-  text = TextCache(kv_sharding(tc.k, mesh), kv_sharding(tc.v, mesh), jax.tree.map(lambda _: rep, tc.mask))
-  ctx = None if vc is None else VisionCache(kv_sharding(vc.k, mesh, vision=True), kv_sharding(vc.v, mesh, vision=True),
+  text = TextCache(kv_sharding(tc.k, mesh, leading=1), kv_sharding(tc.v, mesh, leading=1),
+                   jax.tree.map(lambda _: rep, tc.mask))
+  ctx = None if vc is None else VisionCache(kv_sharding(vc.k, mesh, vision=True, leading=1),
+                                            kv_sharding(vc.v, mesh, vision=True, leading=1),
                                             jax.tree.map(lambda _: rep, vc.valid), jax.tree.map(lambda _: rep, vc.frames))
-  return UpdateBatch(rep, rep, rep, rep, rep, rep, text, ctx)
+  return UpdateBatch(rep, rep, rep, rep, rep, rep, text, ctx, rep)
 
 
 def place_batch(batch: UpdateBatch, mesh) -> UpdateBatch:

@@ -23,8 +23,9 @@ from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache
 
 
 @dataclasses.dataclass
-class Trajectory:
-  """One training trajectory (the reference trains one trajectory per data-parallel rank)."""
+class TrainingExample:
+  """One training example: a trajectory's conditioning, first latent and commanded camera path
+  (the reference trains one per data-parallel rank; `rl.trajectories_per_step` of them per step)."""
   text_states: np.ndarray       # [1, Lt, Dt]
   text_mask: np.ndarray         # [1, Lt]
   byt5_states: np.ndarray       # [1, Lb, Db]
@@ -34,6 +35,7 @@ class Trajectory:
   actions: np.ndarray           # [T] 81-way labels, one per latent
   w2c: np.ndarray               # [T, 4, 4]
   Ks: np.ndarray                # [T, 3, 3] normalised intrinsics
+  real_frames: np.ndarray | None = None   # [4T-3, H, W, 3] uint8 real video (sources with video), else None
 
 
 @dataclasses.dataclass
@@ -59,7 +61,7 @@ class ClipRolloutEngine(ChunkEngine):
   context and candidate programs.
   """
 
-  def rollout(self, model_state, text: TextTokens, traj: Trajectory, clip: int, num_candidates: int,
+  def rollout(self, model_state, text: TextTokens, traj: TrainingExample, clip: int, num_candidates: int,
               key: jax.Array) -> ClipRollout:
     """Prefix once, context once, G candidates of clip `clip` batched.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import pathlib
 import signal
 import time
 from typing import Iterator
@@ -16,15 +15,11 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from wc_jax import sharding
 from wc_jax.distributed import any_process
-from wc_jax.convert import kinds, load_model
 from wc_jax.rl import config as run_config
-from wc_jax.progress import phase, size_note
-from wc_jax.models.worldplay.config import from_config
-from wc_jax.models.worldplay.model import WorldPlayDiT, functional, randomize
+from wc_jax.progress import phase
 from wc_jax.rewards.advantages import prepare_grpo
 from wc_jax.rewards.nft import nft_advantage
 from wc_jax.rewards.stage import RewardStage
@@ -32,8 +27,8 @@ from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
 from wc_jax.rl.data_source import SyntheticTrajectories, make_data  # noqa: F401 (re-export)
 from wc_jax.rl.logging_utils import MetricsWriter, write_rollout_video
-from wc_jax.rl.rollout import Trajectory
-from wc_jax.rl import programs
+from wc_jax.rl.rollout import TrainingExample
+from wc_jax.rl import programs, root
 from wc_jax.rl.update import UpdateBatch, init_state
 
 log = logging.getLogger("wc_jax.train")
@@ -69,64 +64,69 @@ class Trainer:
     run_config.validate(cfg, required=("model", "sampling", "text", "mesh", "rl", "optim", "checkpoint"))
     run_config.check_workdir(str(workdir))
     self.cfg = cfg
-    self.workdir = pathlib.Path(workdir)
-    self.mcfg = from_config(cfg.model)
-    self.mesh = mesh or sharding.make_mesh(dict(cfg.mesh))
-    abstract = nnx.eval_shape(lambda: WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(0)))
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract)))
-    size = size_note(n_params, np.dtype(self.mcfg.param_dtype).itemsize, jax.default_backend())
-    if cfg.model.checkpoint:                 # the run's model config wins; shapes are checked
-      with phase("loading the WorldPlay DiT", f"{size}, from {cfg.model.checkpoint}"):
-        model = load_model(kinds.DIT, cfg.model.checkpoint, **self.mcfg.to_dict())
-    else:
-      with phase("building the WorldPlay DiT", size):
-        model = WorldPlayDiT(self.mcfg, rngs=nnx.Rngs(cfg.seed))
-        if cfg.model.get("init", "reference") == "random":
-          randomize(model, cfg.seed)
-    self.apply, params = functional(model)
-    # the update program `python -m wc_jax.plan --path=update` compiles (wc_jax.rl.programs)
-    program = programs.update_program(cfg, self.apply, params, self.mesh)
-    self.tx, self.update = program.tx, program.fn
-    self.param_shardings, self.state_shardings = program.param_shardings, program.state_shardings
+    self.workdir = ckpt_lib.as_path(workdir)   # local or gs:// (etils.epath), never a local "gs:" folder
+    # the composition root (wc_jax.rl.root): `python -m wc_jax.plan` lowers these same programs
+    run = root.build(cfg, mesh)
+    self.mcfg, self.mesh, self.apply, self.engine = run.mcfg, run.mesh, run.apply, run.engine
+    self.tx, self.update = run.update.tx, run.update.fn
+    self.param_shardings, self.state_shardings = run.update.param_shardings, run.update.state_shardings
     with phase("placing the train state on the mesh", f"{dict(self.mesh.shape)}"):
-      params = jax.device_put(params, self.param_shardings)
+      params = jax.device_put(run.params, self.param_shardings)
       self.state = jax.device_put(init_state(params, self.tx, cfg.seed), self.state_shardings)
-    self.engine = programs.rollout_engine(cfg, self.apply)
     self.reward_stage = reward_stage
-    self.data = data if data is not None else make_data(cfg, self.mcfg)
+    self.data = data if data is not None else root.data(cfg, self.mcfg)
     self.workdir.mkdir(parents=True, exist_ok=True)    # only once the config was found valid
     self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
     self.metrics_path = self.workdir / "metrics.jsonl"
     self._stop = False
     self._media = None
+    self._evaluator = None
 
   # -- one step
   def step(self, step: int) -> dict:
+    """One RL step over `rl.trajectories_per_step` trajectories: each gets its own prefix,
+    context and G candidates; advantages are z-scored over all T*G candidates ("global" std)
+    or per group; best-of-N per trajectory; one update consumes every kept sample."""
     cfg = self.cfg
     rl = cfg.rl
+    n_traj = int(rl.get("trajectories_per_step", 1))
     t0 = time.time()
-    traj = next(self.data)
+    trajs = [next(self.data) for _ in range(n_traj)]
     clip = target_clip(step, rl.curriculum, rl.max_clip, rl.fixed_clip, cfg.seed)
     key = jax.random.fold_in(jax.random.key(cfg.seed), step)
-    with sharding.use_mesh(self.mesh):   # candidates over the data axes, weights FSDP
-      text = self._encode_text(self.state.policy, traj)
-      rollout = self.engine.rollout(self.state.policy, text, traj, clip, rl.group_size, key)
-      jax.block_until_ready(rollout.x0)
-    t_roll = time.time()
-    prev = rollout.prefix[:, :, -1:] if rollout.prefix.shape[2] else None
-    scores, frames = self.reward_stage(rollout, prev)
-    scores = {k: jnp.asarray(_host(v), jnp.float32) for k, v in scores.items()}
-    t_reward = time.time()
+    rollouts, scores, frames0 = [], [], None
+    t_roll = t_reward = 0.0
+    for i, traj in enumerate(trajs):
+      k_i = key if n_traj == 1 else jax.random.fold_in(key, i)
+      ta = time.time()
+      with sharding.use_mesh(self.mesh):   # candidates over the data axes, weights FSDP
+        text = self._encode_text(self.state.policy, traj)
+        r = self.engine.rollout(self.state.policy, text, traj, clip, rl.group_size, k_i)
+        jax.block_until_ready(r.x0)
+      tb = time.time()
+      prev = r.prefix[:, :, -1:] if r.prefix.shape[2] else None
+      sc, frames = self.reward_stage(r, prev, getattr(traj, "real_frames", None))
+      scores.append({k: jnp.asarray(_host(v), jnp.float32) for k, v in sc.items()})
+      rollouts.append(r)
+      frames0 = frames if i == 0 else frames0
+      t_roll, t_reward = t_roll + (tb - ta), t_reward + (time.time() - tb)
+    pooled = {k: jnp.stack([s_[k] for s_ in scores]) for k in scores[0]}       # [T, G]
     weights = {k: float(w) for k, w in self.reward_stage.weights.items()}
-    grpo = prepare_grpo({k: v[None] for k, v in scores.items()}, weights, std_type=rl.std_type,
-                        best_of_n=rl.best_of_n)
-    kept = np.asarray(grpo.kept[0])
-    self._media = (frames, np.asarray(grpo.combined[0]))
-    idx = np.nonzero(kept)[0]
-    adv = nft_advantage({k: v[0] for k, v in grpo.advantages.items()}, weights, adv_clip_max=rl.adv_clip)
-    batch = UpdateBatch(x0=rollout.x0[idx], advantage=adv[idx], cond=rollout.cond, action=rollout.action,
-                        viewmats=rollout.viewmats, Ks=rollout.Ks, text_cache=rollout.text_cache, ctx=rollout.ctx)
-    finite_rewards = all(bool(jnp.all(jnp.isfinite(v))) for v in scores.values())
+    grpo = prepare_grpo(pooled, weights, std_type=rl.std_type, best_of_n=rl.best_of_n)
+    kept = np.asarray(grpo.kept)                                             # [T, G]
+    self._media = (frames0, np.asarray(grpo.combined[0]))
+    idx = [np.nonzero(kept[t])[0] for t in range(n_traj)]                    # K per trajectory
+    adv = nft_advantage(grpo.advantages, weights, adv_clip_max=rl.adv_clip)  # [T, G]
+    stack = lambda *xs: jnp.stack(xs)
+    batch = UpdateBatch(
+        x0=jnp.stack([r.x0[ix] for r, ix in zip(rollouts, idx)]),
+        advantage=jnp.stack([adv[t][ix] for t, ix in enumerate(idx)]),
+        cond=stack(*[r.cond for r in rollouts]), action=stack(*[r.action for r in rollouts]),
+        viewmats=stack(*[r.viewmats for r in rollouts]), Ks=stack(*[r.Ks for r in rollouts]),
+        text_cache=jax.tree.map(stack, *[r.text_cache for r in rollouts]),
+        ctx=None if rollouts[0].ctx is None else jax.tree.map(stack, *[r.ctx for r in rollouts]),
+        rl_step=jnp.asarray(step, jnp.int32))
+    finite_rewards = all(bool(jnp.all(jnp.isfinite(v))) for v in pooled.values())
     if finite_rewards:
       with sharding.use_mesh(self.mesh):
         self.state, m = self.update(self.state, programs.place_batch(batch, self.mesh))
@@ -135,29 +135,52 @@ class Trainer:
       m = {"skipped_nonfinite": 1, "optimizer_step_applied": 0}
       log.warning("step %d: non-finite reward, update skipped", step)
     t_update = time.time()
-    out = {"step": step, "clip": clip, "chunk_generations": rollout.chunk_generations,
-           "dit_calls": rollout.dit_calls, "kept": int(kept.sum()),
-           "time_rollout": t_roll - t0, "time_reward": t_reward - t_roll, "time_update": t_update - t_reward,
-           "context_frames": len(rollout.context_indices), **m}
-    for k, v in scores.items():
+    out = {"step": step, "clip": clip, "trajectories": n_traj,
+           "chunk_generations": sum(r.chunk_generations for r in rollouts),
+           "dit_calls": sum(r.dit_calls for r in rollouts), "kept": int(kept.sum()),
+           "time_rollout": t_roll, "time_reward": t_reward, "time_update": t_update - t0 - t_roll - t_reward,
+           "context_frames": len(rollouts[0].context_indices), **m}
+    sel = np.asarray(kept)
+    for k, v in pooled.items():
       out[f"reward/{k}/mean"] = float(jnp.mean(v))
       out[f"reward/{k}/std"] = float(jnp.std(v))
-      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[idx]))
-    out["advantage/kept_mean"] = float(jnp.mean(adv[idx]))
-    if getattr(traj, "id", ""):
-      out["trajectory"] = traj.id
+      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[sel]))
+      out[f"reward/{k}/std_used"] = float(jnp.mean(grpo.stds[k]))     # the advantage divisor (pooled when global)
+    out["advantage/kept_mean"] = float(jnp.mean(adv[sel]))
+    ids = [t.id for t in trajs if getattr(t, "id", "")]
+    if ids:
+      out["trajectory"] = ids[0] if n_traj == 1 else ",".join(ids)
     return out
 
-  def _encode_text(self, params, traj: Trajectory):
+  def _encode_text(self, params, traj: TrainingExample):
     args = [jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
             jnp.asarray(traj.byt5_mask), jnp.asarray(traj.vision_states), jnp.zeros((1,), jnp.float32)]
     if getattr(traj, "vision_mask", None) is not None:   # records may pad the vision tokens
       args.append(jnp.asarray(traj.vision_mask))
     return _encode_text_fn(self.apply, params, *args)
 
+  # -- evaluation during training (wc_jax.rl.evaluation)
+  def _evaluate(self, step: int, lead: bool) -> dict:
+    ecfg = self.cfg.get("evaluation", None)
+    if ecfg is None or not int(ecfg.every) or self.reward_stage is None:
+      return {}
+    if self._evaluator is None:
+      from wc_jax.rl.evaluation import TrainingEval
+      with phase("building the evaluation set", f"{int(ecfg.trajectories)} held-out trajectories"):
+        self._evaluator = TrainingEval(self.cfg, self.mcfg, self.apply, self.reward_stage, self._encode_text)
+    if not self._evaluator.due(step):
+      return {}
+    with phase("evaluating the checkpoint EMA", f"step {step}"), sharding.use_mesh(self.mesh):
+      metrics, videos, combined = self._evaluator.run(self.state.ema)
+    if lead:
+      (self.workdir / "videos").mkdir(parents=True, exist_ok=True)
+      write_rollout_video(self.workdir / "videos" / f"eval{step:06d}.gif", videos[0, 0], videos, combined)
+    return metrics
+
   # -- loop
   def _on_sigterm(self, *_):
-    log.warning("SIGTERM: saving after the current step, then exiting")
+    log.warning("SIGTERM: saving after the current step, then exiting (on a TPU pod the preemption "
+                "notice, checked at every step boundary, usually comes first)")
     self._stop = True
 
   def run(self, total_steps: int | None = None) -> dict:
@@ -181,9 +204,12 @@ class Trainer:
     log.info("training steps %d..%d; step %d compiles the rollout, reward and update programs first",
              start, total, start)
     writer = (MetricsWriter(self.workdir, total, start, progress=progress,
-                            nan_as_null=bool(lcfg.get("nan_as_null", True)) if lcfg is not None else True)
+                            nan_as_null=bool(lcfg.get("nan_as_null", True)) if lcfg is not None else True,
+                            flush_secs=float(lcfg.get("flush_secs", 60.0)) if lcfg is not None else 60.0)
               if lead else None)
     step_level = logging.DEBUG if progress and lead else logging.INFO   # the bar shows them
+    from wc_jax.rl.logging_utils import StepProfiler
+    profiler = StepProfiler(self.workdir, tuple(lcfg.get("profile_steps", (0, 0))) if lcfg is not None else (0, 0))
     every = self.cfg.checkpoint.every
     last = {}
     console = contextlib.ExitStack()
@@ -191,6 +217,7 @@ class Trainer:
       console.enter_context(_tqdm_logging())
     try:
       for step in range(start, total + 1):
+        profiler.before(step)
         try:
           last = self.step(step)
         except StopIteration:                # a finite data stream (data.num_epochs) ran out
@@ -198,6 +225,9 @@ class Trainer:
           if step - 1 >= start and (step - 1) % every:
             self.ckpt.save(step - 1, self.state, self.data)
           break
+        profiler.after(step, self.state)
+        evaluated = self._evaluate(step, lead)
+        last.update(evaluated)
         if writer is not None:
           writer.write(step, last)
         log.log(step_level, "step %d clip %d loss %.4f %s", step, last["clip"], last.get("loss", float("nan")),
@@ -206,14 +236,21 @@ class Trainer:
           frames, combined = self._media
           frames = _host(frames)             # every process takes part in the gather
           if lead:
-            (self.workdir / "videos").mkdir(exist_ok=True)
+            (self.workdir / "videos").mkdir(parents=True, exist_ok=True)
             write_rollout_video(self.workdir / "videos" / f"step{step:06d}.gif", frames[0, 0], frames, combined)
         stop = any_process(self._stop)      # SIGTERM may reach the processes in different steps
+        # a preemption notice (jax.distributed's sync manager): True on every process at this step
+        if self.ckpt.reached_preemption(step):
+          log.warning("preemption notice: saving step %d, then exiting", step)
+          stop = True
         if step % every == 0 or step == total or stop:
+          if writer is not None:
+            writer.flush()                   # metrics reach the workdir with their checkpoint
           self.ckpt.save(step, self.state, self.data)
         if stop:
           break
     finally:
+      profiler.stop(self.state)
       console.close()
       if writer is not None:
         writer.close()

@@ -17,7 +17,7 @@ import numpy as np
 
 from wc_jax.data import synthetic_world as sw
 from wc_jax.data import trajectories as T
-from wc_jax.rl.rollout import Trajectory as RLTrajectory
+from wc_jax.rl.rollout import TrainingExample
 
 # (forward, backward, right, left, yaw sign, pitch sign) per primitive, with weights.
 PRIMITIVES = {
@@ -131,7 +131,7 @@ def make_clips(num: int, num_latents: int, scene_seeds, trajectory_seed: int,
 class WorldTrajectories:
   """RL data: commanded trajectories starting from a rendered first frame of a scene.
 
-  An iterator of `wc_jax.rl.rollout.Trajectory` whose state is the next index, so the
+  An iterator of `wc_jax.rl.rollout.TrainingExample` whose state is the next index, so the
   trainer checkpoints and resumes it.
   """
 
@@ -150,10 +150,10 @@ class WorldTrajectories:
   def __iter__(self):
     return self
 
-  def __next__(self) -> RLTrajectory:
+  def __next__(self) -> TrainingExample:
     i = self.index
     self.index += 1
     c = make_clips(1, self.num_latents, [self.scene_seeds[i % len(self.scene_seeds)]], self.seed + i, self.cfg)
     first = np.asarray(self.latent.encode(c.frames[0, :1]))[:, 0]
-    return RLTrajectory(first_latent=first, actions=c.actions[0].astype(np.float32), w2c=c.w2c[0], Ks=c.Ks[0],
+    return TrainingExample(first_latent=first, actions=c.actions[0].astype(np.float32), w2c=c.w2c[0], Ks=c.Ks[0],
                         **self.cond)

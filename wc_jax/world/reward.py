@@ -120,17 +120,6 @@ def make_reward_stage(latent, idm, weights: dict) -> RewardStage:
   if unknown:
     raise ValueError(f"make_reward_stage: unknown rewards {sorted(unknown)} (have: idm, drift)")
   decode = jax.jit(latent.decode)
-  g_idm, s_idm = nnx.split(idm)
-
-  @jax.jit
-  def idm_scores(s, frames, actions):
-    model = nnx.merge(g_idm, s)
-    return jax.vmap(lambda f: idm_reward(f, actions, model))(frames)
-
-  @jax.jit
-  def drift_scores(frames, first):
-    return jax.vmap(lambda f: drift_reward(f, first))(frames)
-
-  fns = {"idm": lambda frames, first, actions: idm_scores(s_idm, frames, actions.astype(jnp.int32)),
-         "drift": lambda frames, first, actions: drift_scores(frames, first)}
+  fns = {"idm": lambda frames, window: idm_reward(frames, window.actions, idm),
+         "drift": lambda frames, window: drift_reward(frames, window.first_frame)}
   return RewardStage(decode=decode, rewards={k: fns[k] for k in weights}, weights={k: float(v) for k, v in weights.items()})

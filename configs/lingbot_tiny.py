@@ -1,0 +1,43 @@
+"""LingBot-World at toy width for CPU tests and demos: the shapes of the reference fixtures.
+
+DiT (tests/fixtures/lingbot/dit/config.json): dim 64, 2 heads, 2 layers, ffn 128, freq_dim 32,
+text_dim 32, text_len 16, in 12 = 4 noise + 4 mask + 4 image latent, out 4, patch (1,2,2).
+VAE (tests/fixtures/lingbot/vae/config.json): Wan2.1 layout at dim 8, z 4 (stride 4x8x8), the
+latent constants are the released ones' first 4 channels. Video 9 frames of 32x64 -> latents
+[4, 3, 4, 8] (the DiT fixture's grid); sampling as the fixture's rollout: UniPC 4 steps,
+shift 10, CFG 5/5, boundary 0.947 (steps 999, 967 on the high-noise expert, 908, 768 on the low).
+
+Weights: empty checkpoints give random experts / VAE (seeded from `seed`); to run the fixture's
+own weights pass the modules to wc_jax.inference.lingbot.build_pipeline (see
+tests/test_lingbot_pipeline.py), or point the checkpoints at converted folders.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.family = "lingbot"     # which world model: python -m wc_jax.generate dispatches on it (absent: worldplay)
+  c.seed = 0
+
+  # wc_jax.models.lingbot.config.LingBotConfig fields (one expert; both share them)
+  c.model = ml_collections.ConfigDict(dict(
+      patch_size=(1, 2, 2), text_len=16, in_dim=12, dim=64, ffn_dim=128, freq_dim=32, text_dim=32,
+      out_dim=4, num_heads=2, num_layers=2, eps=1e-6, rope_theta=10000.0, camera_channels=384,
+      dtype="float32", param_dtype="float32", attention_impl="xla", attention_block_kv=1024,
+      remat_policy="none"))
+  c.model.checkpoint_high = ""     # wc_jax folder (python -m wc_jax.convert) or reference expert folder
+  c.model.checkpoint_low = ""
+
+  # wc_jax.models.wan_vae.config.WanVAEConfig fields (+ checkpoint: folder or Wan2.1_VAE.pth)
+  c.vae = ml_collections.ConfigDict(dict(
+      dim=8, z_dim=4, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
+      temperal_downsample=(False, True, True), dropout=0.0, dtype="float32", param_dtype="float32",
+      checkpoint=""))
+
+  c.sampling = ml_collections.ConfigDict(dict(
+      solver="unipc", steps=4, shift=10.0, guide_scale=(5.0, 5.0),   # (low, high)
+      boundary=0.947, num_train_timesteps=1000, frame_num=9, height=32, width=64,
+      latent_channels=4, vae_stride=(4, 8, 8)))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  return c
