@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from wc_jax.rewards.registry import RewardWindow
 from wc_jax.world import base_train as B
 from wc_jax.world import data as D
 from wc_jax.world import reward as R
@@ -152,19 +153,19 @@ def test_reward_prefers_the_commanded_action(trained_idm):
   held = D.make_clips(12, 5, range(50, 56), 900, B.world_config(cfg))
   stage = R.make_reward_stage(PatchLatent(4), idm, {"idm": 2.0, "drift": 1.0})
   frames = jnp.asarray(held.frames)
-  right = stage.rewards["idm"](frames, frames[0, 0], jnp.asarray(held.actions[0]))
+  # stage rewards score ONE candidate: fn(frames [F,H,W,3], RewardWindow)
+  win = lambda i, a: RewardWindow(first_frame=frames[i, 0], actions=jnp.asarray(held.actions[a]))
+  right = jax.vmap(lambda f: stage.rewards["idm"](f, win(0, 0)))(frames)
   # each clip scored against its own commands vs another clip's commands
-  own = np.array([float(stage.rewards["idm"](frames[i:i + 1], frames[i, 0], jnp.asarray(held.actions[i]))[0])
-                  for i in range(12)])
-  other = np.array([float(stage.rewards["idm"](frames[i:i + 1], frames[i, 0],
-                                                jnp.asarray(held.actions[(i + 1) % 12]))[0]) for i in range(12)])
+  own = np.array([float(stage.rewards["idm"](frames[i], win(i, i))) for i in range(12)])
+  other = np.array([float(stage.rewards["idm"](frames[i], win(i, (i + 1) % 12))) for i in range(12)])
   assert right.shape == (12,)
   assert own.mean() > other.mean() + 0.3, (own.mean(), other.mean())
   # drift: a clip blurred after its sharp first frame drifts more than the clip itself
   blur = jnp.asarray(held.frames.reshape(12, 5, 12, 2, 12, 2, 3).mean((3, 5)).repeat(2, 2).repeat(2, 3))
   blur = blur.at[:, 0].set(frames[:, 0])
-  sharp = np.array([float(stage.rewards["drift"](frames[i:i + 1], frames[i, 0], None)[0]) for i in range(12)])
-  blurred = np.array([float(stage.rewards["drift"](blur[i:i + 1], frames[i, 0], None)[0]) for i in range(12)])
+  sharp = np.array([float(stage.rewards["drift"](frames[i], win(i, i))) for i in range(12)])
+  blurred = np.array([float(stage.rewards["drift"](blur[i], win(i, i))) for i in range(12)])
   assert sharp.mean() > blurred.mean() + 0.05 and (sharp > blurred).mean() >= 0.75, (sharp, blurred)
 
 

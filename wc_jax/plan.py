@@ -12,10 +12,16 @@ FLOPs. Paths:
   rollout - the RL rollout: G candidates x the Euler steps against one context cache (inference);
   update  - the whole RL update step: train state (fp32 params, Muon/AdamW moments, policy EMA,
             checkpoint EMA), v_old + NFT loss forward/backward over the sampled sigmas, optimizer.
+
+Besides memory, each path reports the compiled per-chip FLOPs (counted from the partitioned HLO,
+loops times their trip counts, splash kernels from their shapes) beside the analytic FLOPs / chips:
+their ratio `replication` is 1.0 when the chips split the work, N when all N chips do all of it;
+a roofline lower bound for the step; and the K/V caches' per-chip shapes (docs/performance.md).
 """
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +34,7 @@ from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
 from wc_jax.models.worldplay import flops as flops_lib
 from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
-from wc_jax.rl import programs
-from wc_jax.rl.update import UpdateBatch, init_state
+from wc_jax.rl import programs, root
 
 _CONFIG = cli.config_flag("configs/hunyuan8b.py")
 _TOPOLOGY = cli.string_flag("topology", "v5p:2x2x4", "TPU topology name, e.g. v5p:2x2x2, v5e:4x4, v6e:2x4")
@@ -38,7 +43,9 @@ _BATCH = cli.string_flag("batch", "0", "global batch (default: one row per data-
 _JSON = cli.string_flag("json", "", "also write the figures to this JSON file")
 
 HBM_GIB = {"v5p": 95.74, "v5e": 16.0, "v5litepod": 16.0, "v6e": 31.25, "v4": 32.0}
-PEAK_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v6e": 918.0, "v4": 275.0}
+PEAK_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v6e": 918.0, "v4": 275.0}   # bf16, per chip
+# HBM bandwidth per chip, GB/s (Cloud TPU system-architecture pages: v5p 2765, v5e 819, v6e 1640, v4 1200)
+HBM_GBPS = {"v5p": 2765.0, "v5e": 819.0, "v5litepod": 819.0, "v6e": 1640.0, "v4": 1200.0}
 
 
 def topology_mesh(topology: str, mesh_cfg: dict) -> Mesh:
@@ -122,37 +129,6 @@ def make_step(apply, path: str, causal: bool = True):
   return step
 
 
-def _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard):
-  """(jitted fn, abstract args, forward FLOPs) of the rollout or the update step."""
-  rl, s = cfg.rl, cfg.sampling
-  sds = jax.ShapeDtypeStruct
-  one = abstract_inputs(mcfg, cfg, "ar", 1)
-  c, chunk = mcfg.latent_channels, mcfg.chunk_latents
-  lat = (c, chunk, s.latent_height, s.latent_width)
-  rep = NamedSharding(mesh, P())
-  cache_shard = input_shardings(one, mesh)
-  if path == "rollout":
-    g = rl.group_size
-    args = (state, sds((g,) + lat, jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32), one["action"],
-            one["viewmats"], one["Ks"], one["text_cache"], one["ctx"], sds((rl.rollout_steps + 1,), jnp.float32))
-    cand = NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
-    shard = (param_shard, cand, rep, rep, rep, rep, cache_shard["text_cache"], cache_shard["ctx"], rep)
-    # the RL rollout's own compiled denoiser, with the trainer's settings
-    return programs.rollout_engine(cfg, apply).denoise_program, programs.abstract(args, shard), g * rl.rollout_steps
-  # the trainer's own update program and shardings (wc_jax.rl.programs), lowered on abstract inputs
-  program = programs.update_program(cfg, apply, state, mesh)
-  train_state = jax.eval_shape(lambda p: init_state(p, program.tx, 0), state)
-  k = rl.best_of_n
-  batch = UpdateBatch(sds((k,) + lat, jnp.float32), sds((k,), jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32),
-                      one["action"], one["viewmats"], one["Ks"], one["text_cache"], one["ctx"])
-  args = (programs.abstract(train_state, program.state_shardings),
-          programs.abstract(batch, programs.batch_shardings(batch, mesh)))
-  fn = program.fn
-  n_sig = max(1, int(rl.rollout_steps * rl.sigma_fraction))
-  # per sigma: v_old forward + v_theta forward/backward (3x) + remat recompute (1x), K samples
-  return fn, args, n_sig * k * (1 + 3 + (1 if mcfg.remat_policy != "none" else 0))
-
-
 PATHS = ("ar", "full", "rollout", "update")
 
 
@@ -211,6 +187,8 @@ def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
       "model_tflop_per_chip": round(step_flops / 1e12, 4),
       "xla_counted_tflop_per_chip": round(flops / 1e12, 4),
       "ideal_step_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 4),
+      **_report(compiled, chip, chips, step_flops * chips, _remat_note(mcfg, "train"),
+                _cache_specs(inputs, in_shard)),
   }
 
 
@@ -223,10 +201,8 @@ def _compile(fn, args, topology: str, what: str):
 
 
 def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
-  abstract = nnx.eval_shape(lambda: WorldPlayDiT(mcfg, rngs=nnx.Rngs(0)))
-  apply, state = functional(abstract)
-  param_shard = sharding.state_shardings(state, mesh)
-  fn, args, passes = _rl_program(cfg, mcfg, path, mesh, apply, state, param_shard)
+  # the trainer's composition root, on abstract weights: the programs `train` runs
+  fn, args, passes = root.lowerable(root.build(cfg, mesh, abstract=True), path)
   with sharding.use_mesh(mesh):
     compiled = _compile(fn, args, topology, f"RL {path}")
   mem = compiled.memory_analysis()
@@ -253,7 +229,266 @@ def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
       "hbm_per_chip_gib": HBM_GIB.get(chip), "fits": (per_chip / gib) <= HBM_GIB.get(chip, float("inf")),
       "model_tflop_per_chip": round(step_flops / 1e12, 3),
       "ideal_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 3),
+      **_report(compiled, chip, chips, step_flops * chips,
+                _remat_note(mcfg, "rollout" if path == "rollout" else "update"), _cache_specs(args)),
   }
+
+
+def _remat_note(mcfg, kind: str) -> str:
+  """What the analytic count (the denominator of `replication`) includes besides the model's forwards."""
+  if kind == "rollout":
+    return "inference: forwards only, no remat"
+  extra = " + 1 remat recompute (remat_policy=%s)" % mcfg.remat_policy if mcfg.remat_policy != "none" else ""
+  per = "fwd 1 + bwd 2" + extra
+  return (f"per trained pass {per}; per sigma also 1 v_old forward" if kind == "update"
+          else f"per step {per}")
+
+# ----------------------------------------------------------------------------- compiled-program accounting
+# XLA's cost_analysis() counts a while-loop body once (the scanned layers, the Euler steps, the sigma
+# loop) and a custom kernel (splash attention) as zero, so the replication check re-counts the
+# compiled per-chip HLO itself: matmul FLOPs (dot / convolution) and bytes of every top-level op,
+# each multiplied by the trip counts of the loops around it.
+
+_DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+_ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) + r")\[([\d,]*)\]")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
+_HEADER = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call", "conditional",
+               "after-all", "partition-id", "replica-id", "opt-barrier", "copy-done", "all-gather-done",
+               "all-reduce-done", "collective-permute-done", "async-done", "send-done", "recv-done"}
+
+
+def _arrays(type_str: str) -> list[tuple[str, tuple[int, ...]]]:
+  return [(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in _ARRAY.findall(type_str)]
+
+
+def _nbytes(type_str: str) -> int:
+  return sum(_DTYPE_BYTES[d] * int(np.prod(s)) for d, s in _arrays(type_str))
+
+
+def _conv_macs_per_output(lhs: tuple[int, ...], kernel: tuple[int, ...], attrs: str) -> float:
+  """Input features x window taps that reach one output. XLA writes batched dots as convolutions
+  whose batch dims become windows over lhs-dilated or zero-padded inputs: per spatial dim only
+  min(ceil(window / lhs dilation), input size) taps can touch real input."""
+  m = re.search(r"dim_labels=([^_]*)_([^-]*)->", attrs)
+  lhs_l, labels = (m.group(1), m.group(2)) if m else ("", "")
+  if len(labels) != len(kernel):
+    return float(np.prod(kernel))
+  macs = float(kernel[labels.index("i")]) if "i" in labels else 1.0
+  w = re.search(r"window=\{([^}]*)\}", attrs)
+  dil = re.search(r"lhs_dilate=([\dx]+)", w.group(1)) if w else None
+  spatial = sorted((ch, kernel[i]) for i, ch in enumerate(labels) if ch.isdigit())
+  dil = [int(x) for x in dil.group(1).split("x")] if dil else [1] * len(spatial)
+  for (ch, size), d in zip(spatial, dil):
+    taps = -(-size // d)
+    if len(lhs_l) == len(lhs) and ch in lhs_l:
+      taps = min(taps, lhs[lhs_l.index(ch)])
+    macs *= taps
+  return macs
+
+
+def _split_call(rest: str) -> tuple[str, str]:
+  """'a, b), attrs' -> ('a, b', 'attrs')."""
+  depth = 1
+  for i, ch in enumerate(rest):
+    depth += ch == "("
+    depth -= ch == ")"
+    if depth == 0:
+      return rest[:i], rest[i + 1:]
+  return rest, ""
+
+
+def _parse_hlo(text: str) -> tuple[dict, str]:
+  comps, entry, cur = {}, "", None
+  for line in text.splitlines():
+    if cur is None:
+      m = _HEADER.match(line)
+      if m and line.rstrip().endswith("{"):
+        cur = comps.setdefault(m.group(1), [])
+        entry = m.group(1) if line.startswith("ENTRY") else entry
+      continue
+    if line.rstrip() == "}":   # (a custom call's backend_config spans lines, some opening with '}}')
+      cur = None
+      continue
+    m = _INSTR.match(line)
+    if m:
+      name, typ, op, rest = m.groups()
+      operands, attrs = _split_call(rest)
+      cur.append((name, typ, op, re.findall(r"%([\w.\-]+)", operands), attrs))
+  return comps, entry
+
+
+def hlo_costs(text: str) -> dict:
+  """Per-chip matmul FLOPs, estimated attention-kernel FLOPs and op bytes of a compiled HLO module,
+  loops counted as many times as they run (trip count from the loop condition's `i < N`)."""
+  comps, entry = _parse_hlo(text)
+  consts = {}
+  for line in text.splitlines():
+    m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = s(?:32|64)\[\]\S* constant\((-?\d+)\)", line)
+    if m:
+      consts[m.group(1)] = int(m.group(2))
+  shapes = {n: t for instrs in comps.values() for n, t, *_ in instrs}
+  unknown_loops = []
+  memo = {}
+
+  def trip(cond_name, attrs):
+    m = re.search(r'"known_trip_count":\{"n":"(\d+)"', attrs)
+    if m:
+      return int(m.group(1))
+    cond = comps.get(cond_name, ())
+    for n, t, op, ops, a in cond:   # `i < N` (on CPU the compare sits in a wrapped fusion)
+      if op == "compare" and "direction=LT" in a or op == "fusion" and "compare" in n:
+        hits = [consts[o] for o in ops if o in consts]
+        if len(hits) == 1:
+          return hits[0]
+    scalars = [consts[n] for n, *_ in cond if n in consts]
+    if len(scalars) == 1:
+      return scalars[0]
+    unknown_loops.append(cond_name)
+    return 1
+
+  def visit(cname, fused):
+    key = (cname, fused)
+    if key in memo:
+      return memo[key]
+    dot = kernel = traffic = 0.0
+    for name, typ, op, ops, attrs in comps.get(cname, ()):
+      called = dict(re.findall(r"\b(calls|to_apply|body|condition)=%([\w.\-]+)", attrs))
+      if op in ("dot", "convolution"):
+        out = int(np.prod(_arrays(typ)[0][1]))
+        lhs = _arrays(shapes.get(ops[0], ""))
+        rhs = _arrays(shapes.get(ops[1], "")) if len(ops) > 1 else []
+        if op == "dot" and lhs:
+          m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
+          k = int(np.prod([lhs[0][1][int(i)] for i in m.group(1).split(",") if i])) if m else 1
+          dot += 2.0 * out * k
+        elif rhs:
+          dot += 2.0 * out * _conv_macs_per_output(lhs[0][1] if lhs else (), rhs[0][1], attrs)
+      elif op == "custom-call" and re.search(r"splash|mha|flash|attention", name + attrs, re.I):
+        # QK^T + PV of a dense [B,H,S,D] x [B,H,K,D] pair = 4BHSKD; the backward kernels redo QK^T:
+        # dq = 3 matmuls, dkv = 4. Block-sparse masks are ignored (an upper bound for causal masks).
+        four = [s for _, s in _arrays(attrs.partition("operand_layout_constraints=")[2]) if len(s) == 4]
+        if len(four) >= 2:
+          (b, h, s, d), kk = four[0], four[1][2]
+          pairs = 2.0 if "dkv" in name else 1.5 if "dq" in name else 1.0
+          kernel += pairs * 4.0 * b * h * s * kk * d
+      if not fused and op not in _NO_TRAFFIC:
+        traffic += _nbytes(typ) + sum(_nbytes(shapes.get(o, "")) for o in ops)
+      if op == "while":
+        n = trip(called.get("condition", ""), attrs)
+        sub = visit(called["body"], False)
+        dot, kernel, traffic = dot + n * sub[0], kernel + n * sub[1], traffic + n * sub[2]
+      elif op == "fusion" and "calls" in called:
+        sub = visit(called["calls"], True)
+        dot, kernel = dot + sub[0], kernel + sub[1]
+      elif op in ("call", "async-start", "call-start") and "calls" in called or op == "call" and "to_apply" in called:
+        sub = visit(called.get("calls") or called["to_apply"], fused)
+        dot, kernel, traffic = dot + sub[0], kernel + sub[1], traffic + sub[2]
+      elif op == "conditional":
+        branches = re.findall(r"%([\w.\-]+)", (re.search(r"branch_computations=\{([^}]*)\}", attrs) or
+                                               re.search(r"()", "")).group(1))
+        subs = [visit(b, fused) for b in branches] or [(0.0, 0.0, 0.0)]
+        best = max(subs)
+        dot, kernel, traffic = dot + best[0], kernel + best[1], traffic + best[2]
+    memo[key] = (dot, kernel, traffic)
+    return memo[key]
+
+  dot, kernel, traffic = visit(entry, False)
+  return {"matmul_flops": dot, "attention_kernel_flops": kernel, "bytes": traffic, "unknown_trip_loops": unknown_loops}
+
+
+def _sig(x: float, digits: int = 4) -> float:
+  return float(f"{x:.{digits}g}")
+
+
+def _report(compiled, chip: str, chips: int, analytic_flops: float, remat: str, cache_specs: dict) -> dict:
+  """Compiled per-chip work beside the analytic work / chips (their ratio = replication), and a roofline.
+
+  `analytic_flops` is the whole step over all chips, remat recompute included, so replication 1.0
+  means each chip does 1/chips of the model's work; 16 on 16 chips means every chip does all of it."""
+  text = compiled.as_text()
+  hc = hlo_costs(text)
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  total = hc["matmul_flops"] + hc["attention_kernel_flops"]
+  per_chip_model = analytic_flops / chips
+  peak, bw = PEAK_TFLOPS.get(chip, 1.0) * 1e12, HBM_GBPS.get(chip, 1.0) * 1e9
+  compute_s, memory_s = total / peak, hc["bytes"] / bw
+  return {
+      "compiled_per_chip": {"tflop": _sig(total / 1e12), "matmul_tflop": _sig(hc["matmul_flops"] / 1e12),
+                            "attention_kernel_tflop": _sig(hc["attention_kernel_flops"] / 1e12),
+                            "hbm_tbytes": _sig(hc["bytes"] / 1e12),
+                            "xla_cost_analysis_tflop": _sig(float(cost.get("flops", 0.0)) / 1e12),   # loop bodies once
+                            "unknown_trip_loops": len(hc["unknown_trip_loops"])},
+      "analytic_tflop_per_chip": _sig(per_chip_model / 1e12),
+      "replication": _sig(total / per_chip_model) if per_chip_model else float("nan"),
+      "remat": remat,
+      "roofline_seconds": {"compute": _sig(compute_s), "memory": _sig(memory_s),
+                           "lower_bound": _sig(max(compute_s, memory_s)),
+                           "bound": "compute" if compute_s >= memory_s else "memory",
+                           "peak_tflops": peak / 1e12, "hbm_gbps": bw / 1e9},
+      "caches_per_chip": _cache_shapes(cache_specs, _entry_parameter_shapes(text)),
+  }
+
+
+def _entry_parameter_shapes(text: str) -> list[tuple[int, ...]]:
+  """Per-chip shapes of the compiled entry computation's parameters (post-partitioning)."""
+  head = next((line for line in text.splitlines() if line.startswith("ENTRY")), "")
+  return [s for _, s in _arrays(head.split("->")[0])]
+
+
+def _cache_shapes(specs: dict, entry_shapes: list) -> dict:
+  """{name: global shape, per-chip shape, sharded?, found among the compiled entry parameters?}."""
+  out = {}
+  for name, (shape, sh) in specs.items():
+    local = tuple(sh.shard_shape(tuple(shape))) if sh is not None else tuple(shape)
+    out[name] = {"global": list(shape), "per_chip": list(local), "sharded": local != tuple(shape),
+                 "in_compiled_hlo": local in entry_shapes}
+  return out
+
+
+def _cache_specs(tree, shardings=None) -> dict:
+  """(shape, sharding) of the K/V leaves of every TextCache / VisionCache in an argument tree."""
+  is_cache = lambda x: isinstance(x, (TextCache, VisionCache))
+  caches = [(jax.tree_util.keystr(p), c) for p, c in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_cache)[0]
+            if is_cache(c)]
+  shard = ([c for c in jax.tree_util.tree_flatten(shardings, is_leaf=is_cache)[0] if is_cache(c)]
+           if shardings is not None else [None] * len(caches))
+  out = {}
+  for (path, c), s in zip(caches, shard):
+    kind = "text" if isinstance(c, TextCache) else "vision"
+    for f in ("k", "v"):
+      x = getattr(c, f)
+      sh = getattr(s, f) if s is not None else getattr(x, "sharding", None)
+      out[f"{kind}_{f}{path}"] = (tuple(x.shape), sh)
+  return out
+
+
+def summary(r: dict) -> str:
+  """One line: the replication, the roofline bound and the caches' placement."""
+  c, roof, caches = r["compiled_per_chip"], r["roofline_seconds"], r["caches_per_chip"]
+  sharded = sum(v["sharded"] for v in caches.values())
+  return (f"{r['path']} on {r['topology']} ({r['chips']} chips): {r['per_chip_gib']['total']} GiB/chip "
+          f"(fits: {r['fits']}); compiled {c['tflop']} TFLOP/chip vs analytic {r['analytic_tflop_per_chip']} "
+          f"-> replication {r['replication']} ({r['remat']}); roofline >= {roof['lower_bound']} s "
+          f"({roof['bound']}-bound); K/V caches sharded: {sharded}/{len(caches)}")
+
+
+TABLE_HEADER = ("| topology | chips | path | GiB/chip | fits | analytic TFLOP/chip | compiled TFLOP/chip | matmul | "
+                "attention kernels | replication | roofline compute s | memory s | lower bound s | caches sharded |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r: dict) -> str:
+  """One markdown row of a plan result (under TABLE_HEADER)."""
+  c, roof = r["compiled_per_chip"], r["roofline_seconds"]
+  caches = r["caches_per_chip"]
+  sharded = sum(v["sharded"] for v in caches.values())
+  return (f"| {r['topology']} | {r['chips']} | {r['path']} | {r['per_chip_gib']['total']} | {r['fits']} | "
+          f"{r['analytic_tflop_per_chip']} | {c['tflop']} | {c['matmul_tflop']} | {c['attention_kernel_tflop']} | "
+          f"{r['replication']} | {roof['compute']} | {roof['memory']} | {roof['lower_bound']} | "
+          f"{sharded}/{len(caches)} |")
 
 
 def main(argv):
@@ -261,6 +496,7 @@ def main(argv):
     raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   out = plan(_CONFIG(), _TOPOLOGY(), _PATH(), int(_BATCH()))
   print(json.dumps(out, indent=2))
+  print(summary(out))
   if _JSON():
     with open(_JSON(), "w", encoding="utf-8") as f:
       json.dump(out, f, indent=2)

@@ -213,6 +213,8 @@ def state_shardings(state, mesh: Mesh):
     if isinstance(x, nnx.Variable):
       names = logical_axes_of(x)
       value = x.get_value() if hasattr(x, "get_value") else x.value
+      if not jax.tree.leaves(value):   # e.g. an optimizer partition that masked this parameter out
+        return x
     shape = getattr(value, "shape", ())
     spec = logical_to_spec(names, mesh=mesh) if names else P()
     return NamedSharding(mesh, fit_spec(spec, tuple(shape), mesh))

@@ -37,6 +37,7 @@ class RewardSpec:
   doc: str
   model: str | None = None       # "pose" | "scorer" | "encoder" | "idm"
   score: Callable | None = None  # (model, frames [F,H,W,3], RewardWindow, options: Mapping) -> float32 []
+  reads_real: bool = False       # compares with the window's real frames (data with video)
 
 
 def _real(name: str, window: RewardWindow):
@@ -76,7 +77,7 @@ REWARDS: dict[str, RewardSpec] = {
     "embedding_similarity": RewardSpec(
         "embedding_similarity", embedding_similarity_reward, ("generated", "real", "encoder"), 0.0,
         "RWML: similarity to the real continuation in an embedding space",
-        model="encoder", score=lambda enc, frames, w, o: embedding_similarity_reward(
+        model="encoder", reads_real=True, score=lambda enc, frames, w, o: embedding_similarity_reward(
             frames, _real("embedding_similarity", w), enc, pooling=str(o.get("pooling", "frame")),
             threshold=float(o["threshold"]) if o.get("binarize", False) else None)),
     "idm": RewardSpec(

@@ -52,6 +52,7 @@ class RewardStage:
   weights: dict[str, float]
   mesh: Any = None
   window: str = "wc_jax"      # which frames a clip's rewards read: see window_frame_range
+  reads_real: bool = False    # a reward compares with the real continuation (window.real)
 
   def __call__(self, r: Any, first_latent_window: jax.Array | None, real_frames: np.ndarray | None = None):
     """Scores one clip rollout `r` (x0 [G,C,T',h,w] candidates, prefix [1,C,T_p,h,w], action [1,T']).
@@ -79,7 +80,7 @@ class RewardStage:
       first = self.decode(r.prefix[:, :, :1] if r.prefix.shape[2] else r.x0[:1, :, :1])[0, 0]
       firsts = jnp.broadcast_to(first, (g,) + first.shape)
     real = None
-    if real_frames is not None:
+    if real_frames is not None and self.reads_real:
       real_frames = np.asarray(real_frames)
       if real_frames.shape[0] < stop or real_frames.shape[1:] != tuple(frames.shape[2:]):
         raise ValueError(f"the trajectory's real video has shape {real_frames.shape}; clip {r.clip}'s window "

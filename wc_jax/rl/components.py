@@ -143,7 +143,7 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
         built[role] = build(section, models)
     return built[role]
 
-  fns, weights = {}, {}
+  fns, weights, reads_real = {}, {}, False
   for name, weight in rcfg.weights.items():
     try:
       spec = get_reward(name)
@@ -156,8 +156,9 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
     options = rcfg.get(MODEL_BUILDERS[spec.model][0], {})
     fns[spec.name] = functools.partial(_score_one, spec.score, model, options)
     weights[spec.name] = float(weight)
+    reads_real = reads_real or spec.reads_real
   window = cfg.rl.get("reward_window", "wc_jax") if "rl" in cfg else "wc_jax"
-  return RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window)
+  return RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window, reads_real=reads_real)
 
 
 def _score_one(score, model, options, frames, window):
