@@ -48,10 +48,15 @@ def config_flag(default: str):
   return load_config
 
 
-def string_flag(name: str, default: str, help_text: str):
+def flag(kind: str, name: str, default, help_text: str):
+  """An absl flag of `kind` (string, integer, float, bool, ...), defined once; returns its getter."""
   if name not in flags.FLAGS:
-    flags.DEFINE_string(name, default, help_text)
+    getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
   return lambda: getattr(flags.FLAGS, name)
+
+
+def string_flag(name: str, default: str, help_text: str):
+  return flag("string", name, default, help_text)
 
 
 def _config_filename() -> str:

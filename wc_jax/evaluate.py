@@ -66,10 +66,7 @@ TABLE_METRICS = ("exact", "fine", "translation", "rotation", "drift", "quality")
 THUMB_HEIGHT = 96
 
 
-def _flag(kind, name, default, help_text):
-  if name not in flags.FLAGS:
-    getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
-  return lambda: getattr(flags.FLAGS, name)
+_flag = cli.flag
 
 
 _CONFIG = cli.config_flag("configs/tiny.py")

@@ -84,10 +84,7 @@ TRANS_KEYS = ("", "w", "s", "d", "a", "w+d", "w+a", "s+d", "s+a")
 ROT_KEYS = ("", "right", "left", "up", "down", "right+up", "right+down", "left+up", "left+down")
 
 
-def _flag(kind, name, default, help_text):
-  if name not in flags.FLAGS:
-    getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
-  return lambda: getattr(flags.FLAGS, name)
+_flag = cli.flag
 
 
 _CONFIG = cli.config_flag("configs/tiny.py")
@@ -405,6 +402,14 @@ def mp4_writer(path: pathlib.Path, fps: int):
       writer.close()
 
 
+def _commit(tmp: dict, paths: dict, summary: dict) -> None:
+  """Writes the summary, then renames the temporary outputs into place: the video last (its
+  presence means all are complete)."""
+  tmp["summary"].write_text(json.dumps(summary, indent=2))
+  for k in ("latents", "summary", "video"):
+    os.replace(tmp[k], paths[k])
+
+
 def _output_paths(out: str, overwrite: bool) -> dict[str, pathlib.Path]:
   out_p = pathlib.Path(out)
   if out_p.suffix.lower() != ".mp4":
@@ -554,9 +559,7 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
         "devices": len(mesh.devices.flat), "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "seconds": {"sample": round(t_sample, 2), "decode": round(t_decode, 2),
                     "total": round(time.time() - t_start, 2)}}
-    tmp["summary"].write_text(json.dumps(summary, indent=2))
-    for k in ("latents", "summary", "video"):     # the video last: its presence means all are complete
-      os.replace(tmp[k], paths[k])
+    _commit(tmp, paths, summary)
   finally:
     for p in tmp.values():
       p.unlink(missing_ok=True)
@@ -815,9 +818,7 @@ def generate_lingbot(cfg, *, out: str, image: str = "", actions: str = "", poses
         "weights": weights, "devices": len(mesh.devices.flat), "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "seconds": {"sample": round(t_sample, 2), "decode": round(time.time() - t1, 2),
                     "total": round(time.time() - t_start, 2)}}
-    tmp["summary"].write_text(json.dumps(summary, indent=2))
-    for k in ("latents", "summary", "video"):     # the video last: its presence means all are complete
-      os.replace(tmp[k], paths[k])
+    _commit(tmp, paths, summary)
   finally:
     for p in tmp.values():
       p.unlink(missing_ok=True)

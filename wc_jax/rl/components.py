@@ -110,11 +110,11 @@ def build_encoder(scfg, models):
 
 
 # reward model role -> (config section under `rewards`, what it is, builder(section, models))
-MODEL_BUILDERS = {
-    "pose": ("pose", "pose model (Depth Anything 3)", lambda sec, models: build_pose_model(sec)),
-    "scorer": ("quality", "quality scorer", None),
-    "encoder": ("similarity", "embedding model", build_encoder),
-    "idm": ("idm", "inverse-dynamics model", lambda sec, models: build_idm(sec)),
+MODEL_BUILDERS = {   # builder(section, rewards section, models)
+    "pose": ("pose", "pose model (Depth Anything 3)", lambda sec, rcfg, models: build_pose_model(sec)),
+    "scorer": ("quality", "quality scorer", lambda sec, rcfg, models: build_quality_scorer(sec, rcfg)),
+    "encoder": ("similarity", "embedding model", lambda sec, rcfg, models: build_encoder(sec, models)),
+    "idm": ("idm", "inverse-dynamics model", lambda sec, rcfg, models: build_idm(sec)),
 }
 
 
@@ -132,15 +132,11 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
       section = rcfg.get(section_name, None)
       if section is None:
         raise ValueError(f"rewards.{section_name} is missing: the {what} needs it")
-      if role == "scorer":
-        kind = section.get("scorer", "clip")
-        what = f"quality scorer ({'HPSv3' if kind == 'hpsv3' else 'CLIP aesthetic'})"
-        source = rcfg.hpsv3.get("checkpoint", "") if kind == "hpsv3" and "hpsv3" in rcfg else section.get("checkpoint", "")
-        build = lambda sec, models: build_quality_scorer(sec, rcfg)
-      else:
-        source = section.get("checkpoint", "")
+      source = section.get("checkpoint", "")
+      if role == "scorer" and section.get("scorer", "clip") == "hpsv3":
+        what, source = "quality scorer (HPSv3)", rcfg.get("hpsv3", {}).get("checkpoint", "")
       with phase(f"building the {what}", source or "random weights"):
-        built[role] = build(section, models)
+        built[role] = build(section, rcfg, models)
     return built[role]
 
   fns, weights, reads_real = {}, {}, False

@@ -140,13 +140,12 @@ class Trainer:
            "dit_calls": sum(r.dit_calls for r in rollouts), "kept": int(kept.sum()),
            "time_rollout": t_roll, "time_reward": t_reward, "time_update": t_update - t0 - t_roll - t_reward,
            "context_frames": len(rollouts[0].context_indices), **m}
-    sel = np.asarray(kept)
     for k, v in pooled.items():
       out[f"reward/{k}/mean"] = float(jnp.mean(v))
       out[f"reward/{k}/std"] = float(jnp.std(v))
-      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[sel]))
+      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[kept]))
       out[f"reward/{k}/std_used"] = float(jnp.mean(grpo.stds[k]))     # the advantage divisor (pooled when global)
-    out["advantage/kept_mean"] = float(jnp.mean(adv[sel]))
+    out["advantage/kept_mean"] = float(jnp.mean(adv[kept]))
     ids = [t.id for t in trajs if getattr(t, "id", "")]
     if ids:
       out["trajectory"] = ids[0] if n_traj == 1 else ",".join(ids)
