@@ -1,5 +1,6 @@
-"""Multi-host: jax.distributed start-up decisions, one RL step on 2 processes x 4 CPU devices
-equal to 1 process x 8 devices (loopback gloo collectives), and the launch scripts.
+"""Multi-host: jax.distributed start-up decisions, one RL step with T = 2 trajectories on 2
+processes x 4 CPU devices (each process reading one trajectory from its own data shard) equal
+to 1 process x 8 devices (loopback gloo collectives), and the launch scripts.
 
 Run as a script (`python tests/test_multihost.py --process_id 0 ...`) this file is the worker
 of the two-process test.
@@ -25,6 +26,7 @@ def _multihost_config(source="synthetic_world"):
   cfg = micro_config()
   cfg.data.source = source
   cfg.data.synthetic.num_examples = 6
+  cfg.rl.trajectories_per_step = 2      # one per process
   return cfg
 
 
@@ -41,21 +43,31 @@ def _worker(args) -> None:
                                      process_id=args.process_id, initialization_timeout=60))
   from jax.experimental import multihost_utils
   from wc_jax import sharding
+  from wc_jax.rl import data_source
   from wc_jax.rl.data_source import make_data
   from wc_jax.rl.trainer import Trainer
   t0 = time.time()
   cfg = _multihost_config()
+  try:                                    # T = 1 cannot be split over 2 processes
+    data_source.check_trajectories(1, jax.process_count())
+    refused = ""
+  except ValueError as e:
+    refused = str(e)
   tr = Trainer(cfg, args.workdir, reward_stage=latent_reward_stage(), mesh=sharding.make_mesh({"data": 2, "fsdp": 4}))
   metrics = tr.step(1)
   t_step = time.time() - t0
   params = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in jax.tree.leaves(tr.state.params)]
   tr.ckpt.save(1, tr.state, tr.data)
   tr.ckpt.wait()
-  stream = make_data(cfg, tr.mcfg)        # a fresh stream: positions 0, 1 (process 1's), 2
-  ids = [next(stream).id for _ in range(3)]
+  stream = make_data(cfg, tr.mcfg)        # a fresh stream: this process's shard only
+  ids = [next(stream).id for _ in range(2)]
+  resumed = make_data(cfg, tr.mcfg)       # the trained stream's state, on a fresh stream
+  resumed.set_state(json.loads(json.dumps(tr.data.get_state())))
   report = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                 devices=jax.device_count(), local_devices=jax.local_device_count(), metrics=metrics,
-                ids=ids, stream_state=stream.get_state(), step_seconds=t_step,
+                local_ids=tr.local_ids, rows=list(data_source.process_rows(tr.traj_sharding, 2)[jax.process_index()]),
+                refused=refused, ids=ids, stream_state=stream.get_state(), data_state=tr.data.get_state(),
+                resumed_id=next(resumed).id, step_seconds=t_step,
                 param_devices=len(tr.state.params["double_blocks"]["img_mlp"]["fc1"]["kernel"].sharding.device_set))
   out = pathlib.Path(args.out)
   np.savez(out / f"params_{args.process_id}.npz", *params)
@@ -101,7 +113,7 @@ def _wait(procs, tmp_path, timeout):
   assert codes == [0] * len(procs), f"worker exit codes {codes} (timeout {timeout}s); logs:\n{logs}"
 
 
-def test_two_processes_take_the_same_rl_step_as_one(tmp_path):
+def test_two_processes_feed_their_own_trajectories_and_take_the_same_rl_step_as_one(tmp_path):
   import jax
   from test_rl import latent_reward_stage
   from wc_jax import sharding
@@ -116,37 +128,53 @@ def test_two_processes_take_the_same_rl_step_as_one(tmp_path):
                   mesh=sharding.make_mesh({"data": 2, "fsdp": 4}))
     ref_metrics = ref.step(1)
     single = make_data(cfg, ref.mcfg)
-    single_ids = [next(single).id for _ in range(4)]
+    single_ids = [next(single).id for _ in range(6)]
   finally:
     _wait(procs, tmp_path, WORKER_TIMEOUT_S)
   reports = [json.loads((tmp_path / f"report_{i}.json").read_text()) for i in range(2)]
   for i, r in enumerate(reports):
     assert (r["process_index"], r["process_count"], r["devices"], r["local_devices"]) == (i, 2, 8, 4)
     assert r["param_devices"] == 8                       # FSDP shards span both processes
-    assert r["metrics"]["optimizer_step_applied"] == 1 and r["metrics"]["kept"] == 2
-    # the same trajectory (stream position 0) and the same rewards, loss and update
-    assert r["metrics"]["trajectory"] == ref_metrics["trajectory"] == single_ids[0]
-    for k in ("reward/fine_action/mean", "reward/drift/mean", "loss", "grad_norm"):
+    assert "rl.trajectories_per_step=1 must be a positive multiple of the process count 2" in r["refused"]
+    assert r["metrics"]["optimizer_step_applied"] == 1 and r["metrics"]["kept"] == 2 * 2
+    assert r["metrics"]["trajectories"] == ref_metrics["trajectories"] == 2
+    # process i read only stream position i (its own shard) and holds row i of the step's arrays
+    assert r["rows"] == [i] and r["local_ids"] == [single_ids[i]]
+    # the same two trajectories (positions 0, 1) and the same pooled rewards, loss and update
+    assert r["metrics"]["trajectory"] == ref_metrics["trajectory"] == ",".join(single_ids[:2])
+    for k in ("reward/fine_action/mean", "reward/fine_action/std_used", "reward/drift/mean", "loss", "grad_norm"):
       np.testing.assert_allclose(r["metrics"][k], ref_metrics[k], rtol=1e-5, err_msg=k)
-    # advantages are rewards standardised over 4 candidates (std ~0.01): rounding grows 100x
+    # advantages are rewards standardised over 8 candidates (std ~0.01): rounding grows 100x
     np.testing.assert_allclose(r["metrics"]["advantage/kept_mean"], ref_metrics["advantage/kept_mean"], atol=1e-5)
-    # each process read its own shard; the broadcast gives every process the global stream
-    assert r["ids"] == single_ids[:3]
-    assert r["stream_state"]["consumed"] == 3 and r["stream_state"]["process_count"] == 2
+    # a fresh stream on process i is its shard: positions i, i + 2
+    assert r["ids"] == [single_ids[i], single_ids[i + 2]]
+    assert r["stream_state"]["consumed"] == 4 and r["stream_state"]["process_count"] == 2
+    # after the step: global position 2, the same state on both; resumed, process i reads 2 + i
+    assert r["data_state"] == {"source": "synthetic_world", "consumed": 2, "process_count": 2,
+                               "iterator": {"next_index": 1}}
+    assert r["resumed_id"] == single_ids[2 + i]
   ref_params = [np.asarray(x) for x in jax.tree.leaves(ref.state.params)]
+  worst = 0.0
   for i in range(2):
     with np.load(tmp_path / f"params_{i}.npz") as z:
       got = [z[f"arr_{j}"] for j in range(len(z.files))]
     assert len(got) == len(ref_params)
     for x, y in zip(ref_params, got):   # different reduction orders: agree to 1e-6 of their scale
       np.testing.assert_allclose(y, x, atol=1e-6 * max(1.0, float(np.abs(x).max())))
+      worst = max(worst, float(np.abs(y - x).max()) / max(1.0, float(np.abs(x).max())))
+  rel = {k: abs(reports[0]["metrics"][k] - ref_metrics[k]) / max(abs(ref_metrics[k]), 1e-30)
+         for k in ("reward/fine_action/mean", "reward/fine_action/std_used", "loss", "grad_norm")}
+  print(f"2x4 vs 1x8, T=2: parameters max |diff| / max(1, scale) {worst:.2e}; metrics relative {rel}; "
+        f"worker step {reports[0]['step_seconds']:.0f} s")
   # the 2-process stream state resumes a 1-process stream at the same global position
   single.set_state(reports[0]["stream_state"])
-  assert next(single).id == single_ids[3]
+  assert next(single).id == single_ids[4]
   # the checkpoint the two processes wrote restores onto this process's 8 devices
+  resumed = make_data(cfg, ref.mcfg)
   restored, next_step = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", cfg).restore_latest(
-      ref.state, make_data(cfg, ref.mcfg))
+      ref.state, resumed)
   assert next_step == 2
+  assert [e.id for e in resumed.local_examples(2)] == single_ids[2:4]   # one process continues at position 2
   for x, y in zip(jax.tree.leaves(ref.state.params), jax.tree.leaves(restored.params)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-6 * max(1.0, float(np.abs(x).max())))
 

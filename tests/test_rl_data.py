@@ -1,6 +1,7 @@
 """The trainer's data sources: TFDS records and the synthetic world through the grain pipeline
-into `Trajectory`s, the per-process rounds with their broadcast, and the iterator state
-through Orbax checkpoints (resumable with another process count)."""
+into `Trajectory`s, each process reading its own shard, the step's [T, ...] arrays assembled
+over the mesh, and the iterator state through Orbax checkpoints (resumable with another process
+count)."""
 import json
 
 import jax.numpy as jnp
@@ -129,51 +130,99 @@ def test_state_goes_through_orbax_and_resumes_the_stream(records, tmp_path):
   assert next(other).id == ids[3]
 
 
-def test_each_process_reads_its_shard_and_all_see_the_global_stream(records, monkeypatch):
-  """Two 'processes' in one: the broadcast is replaced by a shared board, owners go first."""
-  from jax.experimental import multihost_utils
+def _shards(path, cfg, count=2):
+  spec = (int(cfg.model.latent_channels), 4, 6)
+  out = []
+  for p in range(count):
+    d = pl.make_dataset(tb.open_split(path), batch_size=1, transform=pl.ExampleTransform(LATENTS, 12, 6, 5),
+                        seed=cfg.data.seed, shard_index=p, shard_count=count)
+    out.append(ds.PipelineTrajectories(d, source="records", latent_shape=spec, process_index=p, process_count=count))
+  return out
+
+
+def test_each_process_reads_only_its_own_shard(records):
+  """Two 'processes' in one: with T = 2 each reads one trajectory per step from its own shard
+  (positions p, p+2, ...); every step consumes global positions 2k, 2k+1 as one process would;
+  the state is the same on both and resumes with 2 or with 1 process."""
   path, _ = records
   cfg = micro_config("records", path)
-  ids = _stream_ids(path, cfg, 8)
-  board = {}
+  ids = _stream_ids(path, cfg, 10)
 
-  def broadcast(tree, is_source):
-    if is_source:
-      board["tree"] = tree
-    return board["tree"]
+  def steps(srcs, count):
+    return [[s.local_examples(1)[0].id for s in srcs] for _ in range(count)]
 
-  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
-  spec = (int(cfg.model.latent_channels), 4, 6)
-
-  def procs():
-    out = []
-    for p in range(2):
-      d = pl.make_dataset(tb.open_split(path), batch_size=1, transform=pl.ExampleTransform(LATENTS, 12, 6, 5),
-                          seed=cfg.data.seed, shard_index=p, shard_count=2)
-      out.append(ds.PipelineTrajectories(d, source="records", latent_shape=spec, process_index=p, process_count=2))
-    return out
-
-  def steps(srcs, first, count):
-    seen = []
-    for k in range(first, first + count):
-      owner = k % 2
-      a = next(srcs[owner])
-      b = next(srcs[1 - owner])
-      assert a.id == b.id
-      np.testing.assert_array_equal(a.text_states, b.text_states)
-      seen.append(a.id)
-    return seen
-
-  srcs = procs()
-  assert steps(srcs, 0, 3) == ids[:3]
-  assert [s._it.get_state() for s in srcs] == [{"next_index": 2}] * 2    # 2 rounds read, one each
-  states = [s.get_state() for s in srcs]                                   # mid-round (3 of 4)
-  assert states[0] == states[1] == {"source": "records", "consumed": 3, "process_count": 2,
-                                    "round_state": {"next_index": 1}}
-  again = procs()
+  srcs = _shards(path, cfg)
+  assert steps(srcs, 2) == [ids[0:2], ids[2:4]]           # process p: stream positions p, p + 2, ...
+  assert [s._it.get_state() for s in srcs] == [{"next_index": 2}] * 2
+  states = [s.get_state() for s in srcs]
+  assert states[0] == states[1] == {"source": "records", "consumed": 4, "process_count": 2,
+                                    "iterator": {"next_index": 2}}
+  again = _shards(path, cfg)
   for s, st in zip(again, states):
     s.set_state(json.loads(json.dumps(st)))
-  assert steps(again, 3, 5) == ids[3:8]
+  assert steps(again, 2) == [ids[4:6], ids[6:8]]
+  one = _data(cfg)                                          # the same position on one process
+  one.set_state(states[0])
+  assert [t.id for t in one.local_examples(2)] == ids[4:6]
+  assert one.get_state()["iterator"] == {"next_index": 6}
+  odd = _shards(path, cfg)[0]                               # 3 positions cannot split over 2 processes
+  with pytest.raises(ValueError, match="at global stream position 3, which 2 processes cannot split evenly"):
+    odd.set_state({"source": "records", "consumed": 3, "process_count": 1, "iterator": {"next_index": 3}})
+
+
+def test_a_finite_stream_leaves_the_state_of_the_last_whole_step(records):
+  path, _ = records
+  cfg = micro_config("records", path)
+  cfg.data.num_epochs = 1
+  src = _data(cfg)
+  src.local_examples(4)
+  with pytest.raises(StopIteration):
+    src.local_examples(4)                                   # 2 left: the step is not taken
+  assert src.get_state()["consumed"] == 4 and src.get_state()["iterator"] == {"next_index": 4}
+  assert len(src.local_examples(2)) == 2
+
+
+def test_step_arrays_are_assembled_over_the_data_axes(records):
+  """The step's [T, ...] arrays from the rows a process reads: T = 2 on data=2 x fsdp=4 splits
+  the trajectory axis over `data`; T = 8 over data and fsdp; T = 3 on 2 processes is refused."""
+  import jax
+  from wc_jax import sharding
+  path, _ = records
+  cfg = micro_config("records", path)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+  shard, how = ds.trajectory_sharding(mesh, 2)
+  assert how == "trajectory axis over the mesh axes ('data',) (2-way)"
+  assert ds.process_rows(shard, 2) == {0: (0, 1)}
+  local = _data(cfg).local_examples(2)
+  arrays = ds.assemble(local, shard, 2)
+  assert arrays["text_states"].shape == (2, 1, 12, 32) and arrays["first_latent"].sharding == shard
+  assert {tuple(s.index[0].indices(2)) for s in arrays["w2c"].addressable_shards} == {(0, 1, 1), (1, 2, 1)}
+  for t, ex in enumerate(local):
+    np.testing.assert_array_equal(np.asarray(arrays["text_states"][t]), ex.text_states)
+    np.testing.assert_array_equal(np.asarray(arrays["actions"][t]), ex.actions)
+    assert ds._decode_id(np.asarray(arrays["id"][t])) == ex.id
+  assert ds.trajectory_sharding(mesh, 8)[1] == "trajectory axis over the mesh axes ('data', 'fsdp') (8-way)"
+  assert ds.trajectory_sharding(mesh, 1)[1] == "trajectory axis over the mesh axes () (1-way)"
+  with pytest.raises(ValueError, match=r"rl.trajectories_per_step=3 must be a positive multiple of the process "
+                                       r"count 2: .* \(set --config.rl.trajectories_per_step=4\)"):
+    ds.trajectory_sharding(mesh, 3, process_count=2)
+  # one process: the step's examples are the stream's, as read
+  step = ds.next_trajectories(_data(cfg), 2, mesh)
+  assert [e.id for e in step.examples] == step.local_ids == _stream_ids(path, cfg, 2) and step.arrays is None
+  assert jax.process_count() == 1
+
+
+def test_synthetic_stand_in_shards_by_position():
+  cfg = micro_config()
+  mcfg = from_config(cfg.model)
+  one = ds.SyntheticTrajectories(cfg, mcfg, (4, 6), LATENTS, 0)
+  stream = one.local_examples(4)
+  two = [ds.SyntheticTrajectories(cfg, mcfg, (4, 6), LATENTS, 0, process_index=p, process_count=2) for p in range(2)]
+  got = [[s.local_examples(1)[0] for s in two] for _ in range(2)]
+  for k in range(2):
+    for p in range(2):
+      np.testing.assert_array_equal(got[k][p].text_states, stream[2 * k + p].text_states)
+  assert two[0].get_state() == two[1].get_state() == one.get_state() == {"index": 4}
 
 
 def test_a_finite_stream_ends_the_run_with_a_checkpoint(records, tmp_path):

@@ -9,10 +9,13 @@
                      the first latent is a pooled stand-in or the configured VAE's encoding
 
 The last two run through the grain pipeline (`wc_jax.data.pipeline`). An RL step trains on
-one trajectory (its G candidates are what the mesh splits), so the global stream is used one
-trajectory per step: process p of P reads stream positions p, p+P, ... (its own shard, its
-own I/O and rendering), and at step k the process holding position k broadcasts it to the
-others. Every process trains on the same trajectory, and the stream is the same for any P.
+T = `rl.trajectories_per_step` trajectories. With P processes (T a multiple of P), process p
+reads T/P of them from its own shard (stream positions p, p+P, ...: its own I/O, decoding and
+rendering) and `next_trajectories` assembles the step's global [T, ...] arrays with
+`jax.make_array_from_process_local_data`, the trajectory axis split over the processes (over
+the mesh's data axes where they divide T). Every step consumes global positions kT .. kT+T-1
+whatever P is; within a step the rows are in stream order when each process reads one
+trajectory, and grouped by process otherwise.
 """
 from __future__ import annotations
 
@@ -42,14 +45,17 @@ class RecordExample(TrainingExample):
 class SyntheticTrajectories:
   """Deterministic stand-in data: random conditioning states + commanded trajectories.
 
-  State is just the index of the next example, so it checkpoints as JSON. Every process
-  computes the same stream, so it needs no sharding.
+  Example i is a function of (seed, i) alone. State is the global stream position (the same on
+  every process), so it checkpoints as JSON and resumes with any process count; process p of P
+  makes positions p, p+P, ... of it, as a pipeline shard would be read.
   """
 
-  def __init__(self, cfg, mcfg, latent_hw: tuple[int, int], frames: int, seed: int):
+  def __init__(self, cfg, mcfg, latent_hw: tuple[int, int], frames: int, seed: int, *, process_index: int = 0,
+               process_count: int = 1):
     from wc_jax.rl.trajectories import random_trajectory
     self._cfg, self._mcfg, self._hw, self._frames, self._seed = cfg, mcfg, latent_hw, frames, seed
     self._random_trajectory = random_trajectory
+    self._p, self._n = int(process_index), int(process_count)
     self.index = 0
 
   def get_state(self) -> dict:
@@ -61,12 +67,20 @@ class SyntheticTrajectories:
                        f"'synthetic_latents' (was data.source changed?)")
     self.index = int(state["index"])
 
+  def local_examples(self, count: int) -> list[TrainingExample]:
+    """This process's next `count` examples (positions index + j*P + p); index moves count*P."""
+    out = [self._example(self.index + j * self._n + self._p) for j in range(count)]
+    self.index += count * self._n
+    return out
+
   def __iter__(self):
     return self
 
   def __next__(self) -> TrainingExample:
-    rng = np.random.default_rng([self._seed, self.index])
-    self.index += 1
+    return self.local_examples(1)[0]
+
+  def _example(self, index: int) -> TrainingExample:
+    rng = np.random.default_rng([self._seed, index])
     t, m = self._cfg.text, self._mcfg
     actions, w2c = self._random_trajectory(self._frames, rng)
     h, w = self._hw
@@ -98,14 +112,16 @@ def _jsonable(state):
 
 
 class PipelineTrajectories:
-  """Trajectories from a batch-1 grain dataset of `ExampleTransform` elements, one per step.
+  """Trajectories from a batch-1 grain dataset of `ExampleTransform` elements.
 
   The dataset must already be this process's shard (`make_dataset(shard_index=p,
-  shard_count=P)`). The state is `{"source", "consumed", "process_count", "round_state"}`:
-  the global stream position and grain's iterator state at the start of the current round
-  (the P positions read together). It is the same on every process, so Orbax may write it
-  once; a run may resume with another process count when grain's state is the plain
-  `{"next_index": n}` (no worker processes).
+  shard_count=P)`); `next()` and `local_examples` return this process's own elements only.
+  The state is `{"source", "consumed", "process_count", "iterator"}`: the global stream
+  position (P x the elements each process read) and grain's iterator state. The trainer reads
+  in lockstep (T/P per process per step), so the state is the same on every process and Orbax
+  writes it once. A run may resume with another process count when grain's state is the plain
+  `{"next_index": n}` (no worker processes) and the position divides by the new count: each
+  process then starts at element consumed / P' of its new shard.
   """
 
   def __init__(self, dataset, *, source: str, latent_shape: tuple[int, int, int], process_index: int,
@@ -116,51 +132,68 @@ class PipelineTrajectories:
     self._latent_shape = tuple(latent_shape)
     self._p, self._n = int(process_index), int(process_count)
     self.consumed = 0
-    self._round_state = None
-    self._mine = None
     self._pending = None
 
   def get_state(self) -> dict:
     if self._pending is not None:          # restored, not read from yet
       return dict(self._pending)
-    round_state = self._round_state if self.consumed % self._n else self._it.get_state()
     return {"source": self.source, "consumed": self.consumed, "process_count": self._n,
-            "round_state": _jsonable(round_state)}
+            "iterator": _jsonable(self._it.get_state())}
 
   def set_state(self, state: dict) -> None:
-    keys = {"source", "consumed", "process_count", "round_state"}
-    if not isinstance(state, dict) or not keys <= set(state):
+    if not isinstance(state, dict) or not {"source", "consumed", "process_count"} <= set(state) or not (
+        "iterator" in state or "round_state" in state):
       raise ValueError(f"the checkpoint's data state {state!r} was not written by a pipeline source "
                        f"(data.source is now {self.source!r}; was it changed?)")
     if state["source"] != self.source:
       raise ValueError(f"the checkpoint's data state was written for data.source={state['source']!r}, "
                        f"this run reads data.source={self.source!r}")
-    saved_n = int(state["process_count"])
-    if saved_n != self._n and set(state["round_state"]) != {"next_index"}:
+    k, saved_n = int(state["consumed"]), int(state["process_count"])
+    # states written before the per-process feed hold "round_state": the iterator state at the
+    # start of a round of P positions, exact only at a round boundary
+    it_state = state.get("iterator", state.get("round_state"))
+    exact = "iterator" in state or k % saved_n == 0
+    plain = set(it_state) == {"next_index"}
+    if not plain and (saved_n != self._n or not exact):
       raise ValueError(f"the checkpoint's data state was written by {saved_n} processes with grain "
-                       f"worker processes (state {state['round_state']}); it can only resume with "
+                       f"worker processes (state {it_state}); it can only resume with "
                        f"{saved_n} processes, this run has {self._n}")
-    self._pending = dict(state)
+    if k % self._n:
+      raise ValueError(f"the checkpoint's data state is at global stream position {k}, which {self._n} "
+                       f"processes cannot split evenly (resume with a process count that divides {k})")
+    self._pending = {"source": self.source, "consumed": k, "process_count": saved_n, "iterator": it_state}
 
   def _restore(self, state: dict) -> None:
     k, saved_n = int(state["consumed"]), int(state["process_count"])
-    offset = k % self._n
-    if saved_n == self._n:
-      self._it.set_state(state["round_state"])
-    else:                                  # same global stream, other shards: recompute
+    if saved_n == self._n and set(state["iterator"]) != {"next_index"}:
+      self._it.set_state(state["iterator"])
+    else:                                  # same global stream, this process's shard: recompute
       self._it.set_state({"next_index": k // self._n})
     self._pending = None
-    self.consumed = k - offset
-    if offset:                             # re-read this round's element, then skip to k
-      self._read()
     self.consumed = k
 
-  def _read(self) -> None:
-    self._round_state = self._it.get_state()
-    self._mine = self._arrays(next(self._it))
+  def local_examples(self, count: int) -> list[RecordExample]:
+    """This process's next `count` elements; all or none (StopIteration at the end of a
+    finite stream leaves the state where it was)."""
+    if self._pending is not None:
+      self._restore(self._pending)
+    before = self._it.get_state()
+    try:
+      out = [self._example(self._arrays(next(self._it))) for _ in range(count)]
+    except StopIteration:
+      self._it.set_state(before)
+      raise
+    self.consumed += count * self._n
+    return out
+
+  @staticmethod
+  def _example(arrays: dict) -> RecordExample:
+    arrays = dict(arrays)
+    rid = _decode_id(arrays.pop("id"))
+    return RecordExample(**arrays, id=rid)
 
   def _arrays(self, batch: dict) -> dict:
-    """One batch-1 pipeline element -> fixed-shape arrays (what is broadcast)."""
+    """One batch-1 pipeline element -> fixed-shape arrays (the id as bytes, as assembled)."""
     rid = batch["id"][0]
     first = np.asarray(batch["first_latent"][0], np.float32)
     if first.shape != self._latent_shape:
@@ -183,19 +216,144 @@ class PipelineTrajectories:
     return self
 
   def __next__(self) -> RecordExample:
-    if self._pending is not None:
-      self._restore(self._pending)
-    k = self.consumed
-    if k % self._n == 0:                   # a new round: every process reads its next element
-      self._read()                         # (StopIteration at the end of a finite stream)
-    arrays = self._mine
-    if self._n > 1:
-      from jax.experimental import multihost_utils
-      arrays = multihost_utils.broadcast_one_to_all(arrays, is_source=self._p == k % self._n)
-    self.consumed = k + 1
-    arrays = {key: np.asarray(v) for key, v in arrays.items()}
-    rid = _decode_id(arrays.pop("id"))
-    return RecordExample(**arrays, id=rid)
+    return self.local_examples(1)[0]
+
+
+# ----------------------------------------------------------------------------- one step's trajectories
+
+def check_trajectories(n_traj: int, process_count: int) -> None:
+  if n_traj < 1 or n_traj % process_count:
+    raise ValueError(f"rl.trajectories_per_step={n_traj} must be a positive multiple of the process count "
+                     f"{process_count}: each process feeds trajectories_per_step / {process_count} of a step's "
+                     f"trajectories from its own data shard (set --config.rl.trajectories_per_step="
+                     f"{max(1, -(-n_traj // process_count)) * process_count})")
+
+
+def process_rows(shard, n_traj: int) -> dict[int, tuple[int, ...]]:
+  """process index -> the rows of a [n_traj, ...] array its devices hold under `shard`."""
+  rows: dict[int, set] = {}
+  for device, index in shard.devices_indices_map((n_traj,)).items():
+    rows.setdefault(device.process_index, set()).update(range(n_traj)[index[0]])
+  return {p: tuple(sorted(r)) for p, r in sorted(rows.items())}
+
+
+def _splits_by_process(shard, n_traj: int, process_count: int) -> bool:
+  """Each process holds its own n_traj / P rows, no row on two processes."""
+  rows = process_rows(shard, n_traj)
+  held = [r for p in range(process_count) for r in rows.get(p, ())]
+  return len(rows) == process_count and sorted(held) == list(range(n_traj)) and all(
+      len(r) == n_traj // process_count for r in rows.values())
+
+
+def trajectory_sharding(mesh, n_traj: int, process_count: int | None = None):
+  """(sharding of the step's [T, ...] arrays, how it was chosen): the leading axis over the
+  mesh's ("data", "fsdp") axes as far as they divide T, if that gives each process its own
+  T/P rows; otherwise over the processes alone (a mesh of the same devices grouped by process)."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  n_proc = jax.process_count() if process_count is None else process_count
+  check_trajectories(n_traj, n_proc)
+  axes, size = [], 1
+  for a in ("data", "fsdp"):
+    if mesh.shape.get(a, 1) > 1 and n_traj % (size * mesh.shape[a]) == 0:
+      axes.append(a)
+      size *= mesh.shape[a]
+  shard = NamedSharding(mesh, PartitionSpec(tuple(axes) if axes else None))
+  if _splits_by_process(shard, n_traj, n_proc):
+    return shard, f"trajectory axis over the mesh axes {tuple(axes)} ({size}-way)"
+  devices = sorted(mesh.devices.flat, key=lambda d: (d.process_index, d.id))
+  by_process = Mesh(np.array(devices).reshape(n_proc, -1), ("process", "local"))
+  return (NamedSharding(by_process, PartitionSpec("process")),
+          f"trajectory axis over the {n_proc} processes (the mesh's data axes {dict(mesh.shape)} do not give "
+          f"each process its own {n_traj // n_proc} of {n_traj} trajectories)")
+
+
+_FIELDS = ("text_states", "text_mask", "byt5_states", "byt5_mask", "vision_states", "first_latent", "actions",
+           "w2c", "Ks", "real_frames", "vision_mask")
+
+
+def _fields(example: TrainingExample) -> dict:
+  out = {k: np.asarray(getattr(example, k)) for k in _FIELDS if getattr(example, k, None) is not None}
+  if isinstance(example, RecordExample):
+    out["id"] = _encode_id(example.id)
+  return out
+
+
+def assemble(local: list[TrainingExample], shard, n_traj: int) -> dict:
+  """This process's examples (its rows of `shard`, in row order) -> the step's global [T, ...]
+  arrays (`jax.make_array_from_process_local_data`); every field, the record id as bytes."""
+  import jax
+  fields = [_fields(e) for e in local]
+  keys = sorted(fields[0])
+  if any(sorted(f) != keys for f in fields):
+    raise ValueError(f"the examples of one step carry different fields: {[sorted(f) for f in fields]}")
+  out = {}
+  for k in keys:
+    stacked = np.stack([f[k] for f in fields])
+    out[k] = jax.make_array_from_process_local_data(shard, stacked, (n_traj,) + stacked.shape[1:])
+  return out
+
+
+@dataclasses.dataclass
+class StepTrajectories:
+  examples: list             # the T examples in row order, host arrays (what the trainer's rollouts read)
+  local_rows: tuple          # the rows this process read from its own shard
+  local_ids: list            # their record ids ("" for sources without ids)
+  arrays: dict | None        # the global [T, ...] arrays (None on one process: `examples` are the data)
+
+
+def _read(data, count: int) -> list:
+  if hasattr(data, "local_examples"):
+    return data.local_examples(count)
+  return [next(data) for _ in range(count)]
+
+
+def next_trajectories(data, n_traj: int, mesh=None, shard=None) -> StepTrajectories:
+  """The next step's T trajectories. One process: T examples of the stream, as read. P
+  processes: each reads its T/P from its own shard (`local_examples`), the global [T, ...]
+  arrays are assembled over `shard` (default `trajectory_sharding(mesh, T)`), and each
+  example is taken from them on device (until the rollout consumes the [T, ...] arrays
+  itself, every process runs every trajectory's rollout on the whole mesh)."""
+  import jax
+  n_proc = jax.process_count()
+  check_trajectories(n_traj, n_proc)
+  if n_proc == 1:
+    local = _read(data, n_traj)
+    return StepTrajectories(local, tuple(range(n_traj)), [getattr(e, "id", "") for e in local], None)
+  if not hasattr(data, "local_examples"):
+    raise TypeError(f"a {type(data).__name__} data stream cannot feed {n_proc} processes: it needs "
+                    "local_examples(count), this process's next examples of its own shard")
+  if shard is None:
+    shard, _ = trajectory_sharding(mesh, n_traj)
+  rows = process_rows(shard, n_traj)[jax.process_index()]
+  local = _read(data, len(rows))
+  arrays = assemble(local, shard, n_traj)
+  host = _gather(arrays, mesh if mesh is not None else shard.mesh)
+  ids = host.pop("id", None)
+  cls = RecordExample if ids is not None else TrainingExample
+  examples = []
+  for t in range(n_traj):
+    one = {k: v[t] for k, v in host.items()}
+    if ids is not None:
+      one["id"] = _decode_id(ids[t])
+    examples.append(cls(**one))
+  return StepTrajectories(examples, rows, [getattr(e, "id", "") for e in local], arrays)
+
+
+_REPLICATE: dict = {}
+
+
+def _gather(arrays: dict, mesh) -> dict:
+  """Global arrays -> NumPy on every process, through one on-device reshard to replicated
+  (one compiled program per mesh and field set)."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+  key = (mesh, tuple(sorted(arrays)))
+  if key not in _REPLICATE:
+    rep = NamedSharding(mesh, PartitionSpec())
+    _REPLICATE[key] = jax.jit(lambda x: x, out_shardings={k: rep for k in arrays})
+  whole = _REPLICATE[key](arrays)
+  return {k: np.asarray(v) for k, v in whole.items()}
 
 
 # ----------------------------------------------------------------------------- from a config
@@ -271,11 +429,12 @@ def make_data(cfg, mcfg):
   source = d.source if d is not None else "synthetic_latents"
   lh, lw = int(cfg.sampling.latent_height), int(cfg.sampling.latent_width)
   num_latents = int(mcfg.chunk_latents) * int(cfg.rl.max_clip)
+  import jax
   if source == "synthetic_latents":
-    return SyntheticTrajectories(cfg, mcfg, (lh, lw), num_latents, cfg.seed)
+    return SyntheticTrajectories(cfg, mcfg, (lh, lw), num_latents, cfg.seed, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
   if source not in SOURCES:
     raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
-  import jax
   from wc_jax.data import pipeline as pl
   records = _records_source(cfg, mcfg) if source == "records" else _synthetic_source(cfg, mcfg, num_latents)
   transform = pl.ExampleTransform(num_latents=num_latents, text_tokens=int(cfg.text.text_tokens),

@@ -25,6 +25,7 @@ from wc_jax.rewards.nft import nft_advantage
 from wc_jax.rewards.stage import RewardStage
 from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.curriculum import target_clip
+from wc_jax.rl import data_source
 from wc_jax.rl.data_source import SyntheticTrajectories, make_data  # noqa: F401 (re-export)
 from wc_jax.rl.logging_utils import MetricsWriter, write_rollout_video
 from wc_jax.rl.rollout import TrainingExample
@@ -75,6 +76,8 @@ class Trainer:
       self.state = jax.device_put(init_state(params, self.tx, cfg.seed), self.state_shardings)
     self.reward_stage = reward_stage
     self.data = data if data is not None else root.data(cfg, self.mcfg)
+    self.traj_sharding = self._trajectory_sharding(int(cfg.rl.get("trajectories_per_step", 1)))
+    self.local_ids: list[str] = []       # the record ids this process read for the last step
     self.workdir.mkdir(parents=True, exist_ok=True)    # only once the config was found valid
     self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
     self.metrics_path = self.workdir / "metrics.jsonl"
@@ -91,7 +94,8 @@ class Trainer:
     rl = cfg.rl
     n_traj = int(rl.get("trajectories_per_step", 1))
     t0 = time.time()
-    trajs = [next(self.data) for _ in range(n_traj)]
+    feed = data_source.next_trajectories(self.data, n_traj, self.mesh, self.traj_sharding)
+    trajs, self.local_ids = feed.examples, feed.local_ids
     clip = target_clip(step, rl.curriculum, rl.max_clip, rl.fixed_clip, cfg.seed)
     key = jax.random.fold_in(jax.random.key(cfg.seed), step)
     rollouts, scores, frames0 = [], [], None
@@ -150,6 +154,22 @@ class Trainer:
     if ids:
       out["trajectory"] = ids[0] if n_traj == 1 else ",".join(ids)
     return out
+
+  def _trajectory_sharding(self, n_traj: int):
+    """Where the step's [T, ...] trajectory arrays live across processes: the composition
+    root's choice when it offers one, else the data source's rule (both logged)."""
+    data_source.check_trajectories(n_traj, jax.process_count())
+    if jax.process_count() == 1:
+      return None                        # one process reads every trajectory itself
+    from_root = getattr(root, "trajectory_sharding", None)
+    if from_root is not None:
+      shard, how = from_root(self.cfg, self.mesh), "from wc_jax.rl.root.trajectory_sharding"
+    else:
+      shard, how = data_source.trajectory_sharding(self.mesh, n_traj)
+    rows = data_source.process_rows(shard, n_traj)
+    log.info("data: %d trajectories per step, %s; process %d reads rows %s from its own shard", n_traj, how,
+             jax.process_index(), list(rows.get(jax.process_index(), ())))
+    return shard
 
   def _encode_text(self, params, traj: TrainingExample):
     args = [jnp.asarray(traj.text_states), jnp.asarray(traj.text_mask), jnp.asarray(traj.byt5_states),
