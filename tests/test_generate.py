@@ -219,3 +219,50 @@ def test_states_and_first_latent_from_a_record_set(tmp_path):
   assert s["source"].startswith("record 1 (") and np.isfinite(s["text_states"]).all()
   with pytest.raises(generate.GenerateError, match="has 2 records; --record=5 is out of range"):
     generate.load_states(path, mcfg, record=5)
+
+
+def test_bidirectional_mode(inputs, on_8, tmp_path):
+  """--mode=bidirectional (the reference's bi_rollout): a video of the requested frames,
+  deterministic for a seed, not the AR video; chunks of --bi_chunk with retrieved context; a
+  pass wider than the model's temporal positions is refused before any model is built."""
+  one = jax.devices()[:1]
+  mesh = sharding.make_mesh(dict(tiny().mesh), devices=one)
+  cfg = tiny()
+  model = generate.build_model(cfg, generate.from_config(cfg.model), str(inputs["rl"]))   # built once
+  a = _generate(inputs, tmp_path / "bi.mp4", mesh=mesh, mode="bidirectional", model=model)
+  b = _generate(inputs, tmp_path / "bi2.mp4", mesh=mesh, mode="bidirectional", model=model)
+  frames = np.stack(list(iio.imiter(tmp_path / "bi.mp4")))
+  assert frames.shape == (FRAMES, H, W, 3) and a["frames"] == FRAMES and a["mode"] == "bidirectional"
+  assert b["context_indices"] == a["context_indices"]
+  assert a["bi_chunk"] == 8 and a["context_indices"] == [[]] and a["model_passes"] == 2   # one pass per step
+  la, lb = (np.load(tmp_path / f"{n}.npy") for n in ("bi", "bi2"))
+  lar = np.load(on_8[1].with_suffix(".npy"))          # AR, same inputs and seed (8 devices: equal to 2e-5)
+  assert np.isfinite(la).all() and np.array_equal(la, lb)                  # deterministic for a seed
+  assert np.abs(la - lar).max() > 1e-2                                     # full attention is not the AR chunks
+  # chunks of 4: the second chunk attends to the first as clean context
+  c = _generate(inputs, tmp_path / "bi4.mp4", mesh=mesh, mode="bidirectional", bi_chunk=4, model=model)
+  assert c["context_indices"] == [[], [0, 1, 2, 3]] and c["chunks"] == 2
+  assert np.abs(np.load(tmp_path / "bi4.npy") - la).max() > 1e-3
+  msg = _error(inputs, tmp_path, mode="bidirectional", bi_chunk=0, actions="w-67", frames=4 * 68 - 3)
+  assert msg == ("--frames=269: the whole clip in one pass puts 68 latent frames in one bidirectional pass, more "
+                 "than the model's 64 temporal positions (sampling.bi_max_latents); use --bi_chunk=16 (the "
+                 "reference's chunked bi_rollout) or fewer frames")
+  assert "--bi_chunk=6: a multiple of the model's 4-latent chunk" in _error(inputs, tmp_path, mode="bidirectional",
+                                                                            bi_chunk=6)
+  assert "--mode='sideways': expected one of ar, bidirectional" in _error(inputs, tmp_path, mode="sideways")
+
+
+def test_bidirectional_context_is_the_union_of_the_pieces():
+  """A 16-latent chunk's context: the AR retrieval of each 4-latent piece, merged, without the chunk."""
+  from wc_jax.inference import bidirectional, select_context, sphere_points
+  from wc_jax.data import trajectories as T
+  traj = T.trajectory_from_string("w-10, right-20, w-20, left-13", 64)
+  pts = sphere_points(2000, 8.0, seed=0)
+  plan = bidirectional.plan(traj.w2c, 64, 16, pts)
+  assert [(s, e) for s, e, _ in plan] == [(0, 16), (16, 32), (32, 48), (48, 64)]
+  assert plan[0][2] == [] and plan[1][2] == list(range(16))
+  want = set()
+  for s in range(48, 64, 4):
+    want |= set(select_context(traj.w2c, s, pts))
+  assert plan[3][2] == sorted(want - set(range(48, 64))) and len(plan[3][2]) <= 48
+  assert [(s, e) for s, e, _ in bidirectional.plan(traj.w2c, 64, 0, pts)] == [(0, 64)]

@@ -51,10 +51,14 @@ def _tokenizer_json(path):
 
 @pytest.fixture(scope="module")
 def ckpts(fixtures_dir, tmp_path_factory):
-  """Reference-layout folders of the three tiny encoders + a tokenizer.json."""
+  return encoder_checkpoints(fixtures_dir, tmp_path_factory.mktemp("ckpts"))
+
+
+def encoder_checkpoints(fixtures_dir, root):
+  """Reference-layout folders of the three tiny encoders + a tokenizer.json under `root`
+  (qwen/, byt5/, siglip/; also used by tests/test_generate_prompt.py)."""
   from safetensors.numpy import load_file, save_file
   enc = fixtures_dir / "encoders"
-  root = tmp_path_factory.mktemp("ckpts")
   for sub, cfg_key, fname in (("byt5", "tiny_t5_config", "byt5_model.safetensors"),
                               ("siglip", "tiny_vision_config", "model.safetensors")):
     (root / sub).mkdir()
@@ -75,8 +79,11 @@ def ckpts(fixtures_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
-  """configs/tiny.py with the DiT's conditioning widths set to the fixture encoders'."""
-  path = tmp_path_factory.mktemp("cfg") / "tiny_encoders.py"
+  return tiny_encoder_config(tmp_path_factory.mktemp("cfg") / "tiny_encoders.py")
+
+
+def tiny_encoder_config(path):
+  """configs/tiny.py with the DiT's conditioning widths set to the fixture encoders', written to `path`."""
   path.write_text(
       "import importlib.util\n"
       f"_s = importlib.util.spec_from_file_location('tiny_base', {str(REPO / 'configs' / 'tiny.py')!r})\n"

@@ -11,6 +11,9 @@ What goes in:
                 image-to-video condition); without --image, the `first_latent` of the --states
                 file (a record written by write_records carries the VAE latent of its image);
                 random only with --random_conditioning.
+  prompt        --prompt "..." with --text_encoder --byt5 --siglip [--tokenizer]: the prompt and --image
+                through the JAX encoders exactly as write_records encodes a record (`encode_prompt`);
+                with --guidance > 1 the CFG negative from --negative_prompt (default "", the reference's).
   conditioning  --states: the text / ByT5 / SigLIP encoder states of the prompt, from a record set
                 written by `python -m wc_jax.data.write_records` (--record picks the example) or an
                 .npz with text_states, byt5_states, vision_states (+ text_mask, byt5_mask,
@@ -23,6 +26,9 @@ What goes in:
   model         the config's model: random init at the tiny config, or --checkpoint (an RL run:
                 WORKDIR[/checkpoints[/STEP]] with --which=ema|raw|policy; a folder written by
                 python -m wc_jax.convert; or a reference folder).
+  mode          --mode=ar (default: AR chunks, FOV context, K/V caches) or --mode=bidirectional (the
+                reference's bi_rollout: full-attention chunks of --bi_chunk latents beside their
+                retrieved context; wc_jax.inference.bidirectional).
   guidance      --guidance=g > 1: classifier-free guidance against --negative_states (the
                 reference's negative prompt, encoded like --states): v = v_neg + g (v - v_neg).
 
@@ -85,6 +91,9 @@ ROT_KEYS = ("", "right", "left", "up", "down", "right+up", "right+down", "left+u
 
 
 _flag = cli.flag
+BI_CHUNK = 16                 # the reference's chunk_latent_frames for model_type="bi"
+BI_MAX_LATENTS = 64           # default sampling.bi_max_latents: the reference's bi windows stay under 48
+MODES = ("ar", "bidirectional")
 
 
 _CONFIG = cli.config_flag("configs/tiny.py")
@@ -109,6 +118,18 @@ _POSES = _flag("string", "poses", "", "LingBot: camera-to-world poses [N, 4, 4] 
 _INTRINSICS = _flag("string", "intrinsics", "", "LingBot: intrinsics [N or 1, 4] fx, fy, cx, cy at 480x832 (.npy)")
 _ALLOW_RANDOM = _flag("bool", "allow_random_weights", False,
                       "LingBot: run a full-size config on random weights when checkpoints are missing")
+_PROMPT = _flag("string", "prompt", "", "text prompt, encoded by the JAX encoders (--text_encoder, --byt5, --siglip)")
+_NEG_PROMPT = _flag("string", "negative_prompt", None, "negative prompt for --guidance > 1 (default: the "
+                    "reference's empty prompt)")
+_TEXT_ENCODER = _flag("string", "text_encoder", "", "Qwen2.5-VL(-7B-Instruct) folder (reference layout or wc_jax Orbax)")
+_BYT5 = _flag("string", "byt5", "", "ByT5 / Glyph-SDXL-v2 byt5 folder")
+_SIGLIP = _flag("string", "siglip", "", "SigLIP vision tower folder")
+_TOKENIZER = _flag("string", "tokenizer", "", "Qwen2.5 tokenizer.json or its folder (default: the text encoder folder)")
+_MAX_TEXT = _flag("integer", "max_text_tokens", 0, "text tokens kept after the template (0: the reference's 1000)")
+_MODE = _flag("string", "mode", "ar", "ar: chunked autoregressive with FOV context (the AR model) | bidirectional: "
+              "the reference's bi_rollout (full attention over context + chunk, the bidirectional model)")
+_BI_CHUNK = _flag("integer", "bi_chunk", BI_CHUNK, "bidirectional: latents per chunk (the reference: 16; 0: the "
+                  "whole clip in one pass)")
 if "which" not in flags.FLAGS:
   flags.DEFINE_enum("which", "ema", tuple(dit_convert.RL_WHICH), "RL checkpoint weights: ema | raw | policy")
 _WHICH = lambda: flags.FLAGS.which  # noqa: E731
@@ -209,16 +230,22 @@ def load_states(path: str, mcfg: DiTConfig, record: int = 0, what: str = "--stat
     source = str(path)
   else:
     raise GenerateError(f"{what}={path}: no such file or record set folder")
+  return states_from_raw(raw, mcfg, source, f"{what}={path}")
+
+
+def states_from_raw(raw, mcfg: DiTConfig, source: str, what: str) -> dict:
+  """Checked batch-1 float32 states (+ int masks, first_latent when present) from a record,
+  an .npz or the JAX encoders' output; `what` names the input in errors."""
   missing = [k for k in ("text_states", "byt5_states", "vision_states") if k not in raw]
   if missing:
-    raise GenerateError(f"{what}={path} lacks {', '.join(missing)} (has {sorted(raw)})")
+    raise GenerateError(f"{what} lacks {', '.join(missing)} (has {sorted(raw)})")
   out = {}
   for key, dim in (("text_states", mcfg.text_dim), ("byt5_states", mcfg.byt5_in_dim),
                    ("vision_states", mcfg.vision_dim)):
     x = _bf16_states(raw[key])
     x = x[None] if x.ndim == 2 else x
     if x.ndim != 3 or x.shape[0] != 1 or x.shape[-1] != dim:
-      raise GenerateError(f"{what}={path}: {key} has shape {list(np.shape(raw[key]))}, the model needs "
+      raise GenerateError(f"{what}: {key} has shape {list(np.shape(raw[key]))}, the model needs "
                           f"[tokens, {dim}]")
     out[key] = x
   for key, ref in (("text_mask", "text_states"), ("byt5_mask", "byt5_states")):
@@ -240,6 +267,104 @@ def random_states(cfg, mcfg: DiTConfig, rng: np.random.Generator) -> dict:
               byt5_mask=(np.arange(t.byt5_tokens) < max(1, t.byt5_tokens // 2))[None].astype(np.int32),
               vision_states=rng.standard_normal((1, t.vision_tokens, mcfg.vision_dim), np.float32),
               source="random (--random_conditioning)")
+
+
+ENCODER_FLAGS = ("--text_encoder", "--byt5", "--siglip")
+
+
+def check_prompt_inputs(prompt: str, negative_prompt: str | None, *, states: str, negative_states: str,
+                        random_conditioning: bool, image: str, text_encoder: str, byt5: str, siglip: str,
+                        tokenizer: str, tokenize=None) -> dict | None:
+  """The encoder checkpoint paths for --prompt (checked to exist, nothing loaded), None without
+  a prompt; GenerateError for a combination that cannot work."""
+  if not prompt:
+    if negative_prompt is not None:
+      raise GenerateError("--negative_prompt needs --prompt (with --states, pass the negative's states as "
+                          "--negative_states)")
+    return None
+  if states or random_conditioning:
+    raise GenerateError(f"give --prompt or {'--states' if states else '--random_conditioning'}, not both")
+  if negative_prompt is not None and negative_states:
+    raise GenerateError("give --negative_prompt or --negative_states, not both")
+  paths = {"--text_encoder": text_encoder, "--byt5": byt5, "--siglip": siglip}
+  missing = [f for f, v in paths.items() if not v]
+  if missing:
+    raise GenerateError(f"--prompt needs the JAX encoders' checkpoints: pass {', '.join(missing)} (folders in the "
+                        "reference layout or wc_jax Orbax; --tokenizer when the text encoder folder has no "
+                        "tokenizer.json), or precomputed --states from write_records")
+  if tokenizer:
+    paths["--tokenizer"] = tokenizer
+  for flag, path in paths.items():
+    if "://" not in path and not os.path.exists(path):
+      raise GenerateError(f"{flag}={path}: no such file or folder")
+  if not tokenizer and tokenize is None and "://" not in text_encoder \
+      and not os.path.isfile(os.path.join(text_encoder, "tokenizer.json")):
+    raise GenerateError(f"--text_encoder={text_encoder} has no tokenizer.json; pass --tokenizer (the Qwen2.5-VL "
+                        "checkpoint's tokenizer.json or its folder)")
+  if not image:
+    raise GenerateError("--prompt needs --image: SigLIP encodes the first frame and the VAE its latent")
+  return paths
+
+
+def encode_prompt(paths: dict, prompt: str, pixels: np.ndarray, vae, frame_hw, mcfg: DiTConfig, *,
+                  max_text_tokens: int = 0, tokenize=None, negative: str | None = None):
+  """(states, negative states or None) of `prompt` and the first frame through the JAX encoders,
+  exactly as `python -m wc_jax.data.write_records images` writes them (its `JaxEncoder`): the
+  text path, the ByT5 glyph rule, SigLIP on the image and the image's VAE latent at `frame_hw`.
+  `negative` (a prompt, "" the reference's default): the CFG negative as the pipeline builds it."""
+  from wc_jax.data import write_records
+  try:
+    with phase("loading the prompt encoders", ", ".join(f"{k}={v}" for k, v in paths.items())):
+      enc = write_records.jax_encoder(paths["--text_encoder"], paths["--byt5"], paths["--siglip"],
+                                      tokenizer=paths.get("--tokenizer"), frame_hw=frame_hw,
+                                      max_text_tokens=max_text_tokens or None, tokenize=tokenize, vae_model=vae)
+  except (ConversionError, FileNotFoundError, ValueError) as e:
+    raise GenerateError(f"prompt encoders: {' '.join(str(e).split())}") from None
+  dims = enc.dims
+  for key, flag, want in (("text_dim", "--text_encoder", mcfg.text_dim), ("byt5_dim", "--byt5", mcfg.byt5_in_dim),
+                          ("vision_dim", "--siglip", mcfg.vision_dim)):
+    if dims[key] != want:
+      raise GenerateError(f"{flag}={paths[flag]} gives states {dims[key]} wide, the DiT takes {want} "
+                          f"(model.{'byt5_in_dim' if key == 'byt5_dim' else key})")
+  try:
+    raw = enc(pixels, prompt)
+  except ValueError as e:
+    raise GenerateError(f"--prompt: {' '.join(str(e).split())}") from None
+  source = f"--prompt {prompt!r} (JAX encoders)"
+  states = states_from_raw(raw, mcfg, source, "--prompt")
+  neg = None
+  if negative is not None:
+    neg = states_from_raw(enc.negative(raw, negative), mcfg, f"--negative_prompt {negative!r}", "--negative_prompt")
+  return states, neg
+
+
+def bidirectional_plan(cfg, mcfg: DiTConfig, w2c: np.ndarray, bi_chunk: int, seed: int, frames: int):
+  """The chunks and contexts of a bidirectional run (`bidirectional.plan`), checked against the
+  model's temporal positions (sampling.bi_max_latents, default BI_MAX_LATENTS) before any model
+  is built."""
+  from wc_jax.inference import RETRIEVAL_POINTS, RETRIEVAL_RADIUS, bidirectional, sphere_points
+  sub = mcfg.chunk_latents
+  if bi_chunk < 0 or bi_chunk % sub:
+    raise GenerateError(f"--bi_chunk={bi_chunk}: a multiple of the model's {sub}-latent chunk (the reference: "
+                        f"{BI_CHUNK}), or 0 for the whole clip in one pass")
+  s = cfg.sampling
+  limit = int(s.get("bi_max_latents", BI_MAX_LATENTS))
+  t = len(w2c)
+  width = min(bi_chunk, t) if bi_chunk else t
+  if width > limit:
+    what = "the whole clip in one pass" if bi_chunk == 0 else f"--bi_chunk={bi_chunk}"
+    raise GenerateError(f"--frames={frames}: {what} puts {width} latent frames in one bidirectional pass, "
+                        f"more than the model's {limit} temporal positions (sampling.bi_max_latents); use "
+                        f"--bi_chunk={BI_CHUNK} (the reference's chunked bi_rollout) or fewer frames")
+  points = sphere_points(int(s.get("retrieval_points", RETRIEVAL_POINTS)), RETRIEVAL_RADIUS, seed=seed)
+  chunks = bidirectional.plan(w2c, t, bi_chunk, points, sub_chunk=sub, memory_frames=int(s.max_context_frames),
+                              recent=int(s.recent_context_frames))
+  widest = max(e - b + len(idx) for b, e, idx in chunks)
+  if widest > limit:
+    raise GenerateError(f"--frames={frames}: a bidirectional pass would hold {widest} latent frames (chunk + "
+                        f"context), more than the model's {limit} temporal positions (sampling.bi_max_latents); "
+                        "use a smaller --bi_chunk or fewer frames")
+  return chunks
 
 
 def read_image(path: str) -> np.ndarray:
@@ -430,11 +555,16 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
         seed: int | None = None, states: str = "", record: int = 0, random_conditioning: bool = False,
         checkpoint: str = "", which: str = "ema", guidance: float | None = None, negative_states: str = "",
         fps: int = 24, decode_latents: int = 1, overwrite: bool = False, mesh=None, model=None,
-        progress: bool = True, poses: str = "", intrinsics: str = "", allow_random_weights: bool = False) -> dict:
+        progress: bool = True, poses: str = "", intrinsics: str = "", allow_random_weights: bool = False,
+        prompt: str = "", negative_prompt: str | None = None, text_encoder: str = "", byt5: str = "",
+        siglip: str = "", tokenizer: str = "", max_text_tokens: int = 0, tokenize=None, mode: str = "ar",
+        bi_chunk: int = BI_CHUNK) -> dict:
   """Generates one video; returns its summary (also written to OUT.json). `mesh`: default the
   config's; `model`: a DiT module to use instead of building one (library callers). A config
   with family = "lingbot" goes to `generate_lingbot` (poses / intrinsics / allow_random_weights
-  are its inputs)."""
+  are its inputs). `prompt` is encoded by the JAX encoders at text_encoder / byt5 / siglip
+  (`write_records.jax_encoder`; `tokenize`: a text -> ids callable replacing the tokenizer
+  file); mode="bidirectional" runs `wc_jax.inference.bidirectional` (chunks of `bi_chunk`)."""
   if model_family(cfg) == "lingbot":
     if pose:
       raise GenerateError(f"--pose={pose}: LingBot-World takes the reference's --poses=poses.npy "
@@ -445,6 +575,9 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
     if model is not None or record:
       raise GenerateError("model= / --record are WorldPlay options; LingBot-World builds its two experts from "
                           "the config and reads --states from an .npz")
+    if prompt or negative_prompt is not None or mode != "ar":
+      raise GenerateError("--prompt / --negative_prompt / --mode are WorldPlay options; LingBot-World reads its "
+                          "umT5 prompt states from --states (its encoder is not ported)")
     return generate_lingbot(cfg, out=out, image=image, actions=actions, poses=poses, intrinsics=intrinsics,
                             frames=frames, seed=seed, states=states, negative_states=negative_states,
                             random_conditioning=random_conditioning, allow_random_weights=allow_random_weights,
@@ -458,8 +591,14 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
   run_config.validate(cfg, required=run_config.GENERATE_SECTIONS + ("vae",))
   mcfg = from_config(cfg.model)
   paths = _output_paths(out, overwrite)
-  if guidance != 1.0 and not (negative_states or random_conditioning):
-    raise GenerateError(f"--guidance={guidance} needs --negative_states (the negative prompt's encoder states)")
+  if mode not in MODES:
+    raise GenerateError(f"--mode={mode!r}: expected one of {', '.join(MODES)}")
+  encoder_paths = check_prompt_inputs(prompt, negative_prompt, states=states, negative_states=negative_states,
+                                      random_conditioning=random_conditioning, image=image, text_encoder=text_encoder,
+                                      byt5=byt5, siglip=siglip, tokenizer=tokenizer, tokenize=tokenize)
+  if guidance != 1.0 and not (negative_states or random_conditioning or prompt):
+    raise GenerateError(f"--guidance={guidance} needs --negative_states (the negative prompt's encoder states), "
+                        "or --prompt (the negative prompt is then encoded too)")
   if fps < 1 or decode_latents < 1:
     raise GenerateError(f"--fps={fps} and --decode_latents={decode_latents} must be >= 1")
   traj, note = make_trajectory(mcfg, actions=actions, pose=pose, frames=frames)
@@ -470,23 +609,32 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
   rng = np.random.default_rng(seed)
   c, lh, lw = mcfg.latent_channels, int(cfg.sampling.latent_height), int(cfg.sampling.latent_width)
   noise = rng.standard_normal((1, c, t, lh, lw)).astype(np.float32)
+  w2c = traj.w2c.astype(np.float32)
+  bi_plan = None
+  if mode == "bidirectional":
+    bi_plan = bidirectional_plan(cfg, mcfg, w2c, bi_chunk, seed, frames or 4 * t - 3)
 
-  # conditioning (checked before any model is built)
-  if states:
+  # conditioning (checked before any model is built; --prompt is encoded once the VAE is there)
+  if prompt:
+    conds = None
+  elif states:
     conds = load_states(states, mcfg, record)
   elif random_conditioning:
     log.warning("random encoder states (--random_conditioning): the prompt is meaningless noise")
     conds = random_states(cfg, mcfg, rng)
   else:
     raise GenerateError("no conditioning: pass --states (a write_records record set or an .npz of encoder "
-                        "states), or --random_conditioning for a smoke test")
+                        "states), --prompt with the JAX encoders (--text_encoder, --byt5, --siglip), or "
+                        "--random_conditioning for a smoke test")
   neg = None
-  if guidance != 1.0:
+  if guidance != 1.0 and not prompt:
     neg = load_states(negative_states, mcfg, record, "--negative_states") if negative_states else \
         random_states(cfg, mcfg, rng)
+  elif guidance != 1.0 and negative_states:
+    neg = load_states(negative_states, mcfg, record, "--negative_states")
 
   pixels = read_image(image) if image else None
-  if pixels is None and "first_latent" not in conds and not random_conditioning:
+  if conds is not None and pixels is None and "first_latent" not in conds and not random_conditioning:
     raise GenerateError(f"no first frame: pass --image, or --states with a first_latent ({conds['source']} has none)")
   if model is None:
     model = build_model(cfg, mcfg, checkpoint, which)
@@ -501,7 +649,17 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
     except (ConversionError, ValueError) as e:
       raise GenerateError(f"vae: {str(e).splitlines()[0]}") from None
   fs = int(vae.config.ffactor_spatial)
-  if pixels is not None:
+  if prompt:
+    if negative_prompt is not None and guidance == 1.0:
+      log.warning("--negative_prompt is used only with --guidance > 1")
+    want_neg = (negative_prompt or "") if guidance != 1.0 and neg is None else None
+    conds, neg_prompt = encode_prompt(encoder_paths, prompt, pixels, vae, (lh * fs, lw * fs), mcfg,
+                                      max_text_tokens=max_text_tokens, tokenize=tokenize, negative=want_neg)
+    neg = neg if neg is not None else neg_prompt
+  if prompt:
+    first = conds["first_latent"]
+    first_source = f"VAE encoding of {image} (the encoders' frame, as write_records)"
+  elif pixels is not None:
     video = jnp.asarray(fit_image(pixels, lh * fs, lw * fs), jnp.float32).transpose(2, 0, 1)[None, :, None] / 127.5 - 1
     first = np.asarray(vae_lib.scale_latents(vae.config, vae_lib.encode(vae, video).mode()))[:, :, 0]
     first_source = f"VAE encoding of {image}"
@@ -522,25 +680,51 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
   state = jax.device_put(state, sharding.state_shardings(state, mesh))
   engine = ChunkEngine.from_config(apply, cfg, retrieval_seed=seed)
   cond = i2v_condition(first, t)
-  w2c = traj.w2c.astype(np.float32)
   text_keys = ("text_states", "text_mask", "byt5_states", "byt5_mask", "vision_states")
   t0 = time.time()
   with sharding.use_mesh(mesh):
-    encode = _encode_text_program(apply)
-    tokens = encode(state, *(jnp.asarray(conds[k]) for k in text_keys), jnp.zeros((1,)))
-    text_cache = engine.encode_text(state, tokens)
-    neg_cache = None
-    if neg is not None:
-      neg_cache = engine.encode_text(state, encode(state, *(jnp.asarray(neg[k]) for k in text_keys), jnp.zeros((1,))))
-    latents, chosen, passes = sample(engine, state, noise=noise, cond=cond, viewmats=w2c[None],
-                                     Ks=traj.intrinsics.astype(np.float32)[None],
-                                     action=traj.actions.astype(np.float32)[None], text_cache=text_cache, w2c=w2c,
-                                     neg_cache=neg_cache, guidance=guidance, progress=progress)
-    latents = np.asarray(jax.device_get(latents))
+    if bi_plan is not None:
+      from wc_jax.inference import bidirectional
+      roll = bidirectional.generate(apply, state, noise=noise, cond=cond, action=traj.actions.astype(np.float32)[None],
+                                    viewmats=w2c[None], Ks=traj.intrinsics.astype(np.float32)[None], states=conds,
+                                    sig=engine.sig, chunks=bi_plan, neg_states=neg, guidance=guidance,
+                                    context_timestep=engine.context_timestep, progress=progress)
+      latents, chosen, passes = np.asarray(jax.device_get(roll.latents)), roll.context_indices, roll.model_passes
+    else:
+      latents, chosen, passes = _sample_ar(apply, state, engine, conds, neg, text_keys, noise, cond, traj, w2c,
+                                           guidance, progress)
   t_sample = time.time() - t0
   if not np.isfinite(latents).all():
     raise RuntimeError("the generated latents are not finite (the model or its inputs are broken); nothing written")
+  info = {"height": lh * fs, "width": lw * fs, "seed": seed, "mode": mode, "first_frame": first_source,
+          "conditioning": conds["source"], "prompt": prompt, "actions": actions, "pose": pose, "camera_note": note,
+          "guidance": guidance, "chunks": len(chosen) if bi_plan is not None else t // mcfg.chunk_latents,
+          "steps": engine.steps, "model_passes": passes, "context_indices": chosen,
+          "devices": len(mesh.devices.flat), "mesh": {k: int(v) for k, v in mesh.shape.items()}}
+  if bi_plan is not None:
+    info["bi_chunk"] = bi_plan[0][1] - bi_plan[0][0]
+  return _write_outputs(paths, vae, latents, traj, decode_latents=decode_latents, fps=fps, progress=progress,
+                        info=info, t_start=t_start, t_sample=t_sample)
 
+
+def _sample_ar(apply, state, engine, conds, neg, text_keys, noise, cond, traj, w2c, guidance, progress):
+  """AR chunks through the engine: (latents on the host, context indices, DiT passes incl. text)."""
+  encode = _encode_text_program(apply)
+  tokens = encode(state, *(jnp.asarray(conds[k]) for k in text_keys), jnp.zeros((1,)))
+  text_cache = engine.encode_text(state, tokens)
+  neg_cache = None
+  if neg is not None:
+    neg_cache = engine.encode_text(state, encode(state, *(jnp.asarray(neg[k]) for k in text_keys), jnp.zeros((1,))))
+  latents, chosen, passes = sample(engine, state, noise=noise, cond=cond, viewmats=w2c[None],
+                                   Ks=traj.intrinsics.astype(np.float32)[None],
+                                   action=traj.actions.astype(np.float32)[None], text_cache=text_cache, w2c=w2c,
+                                   neg_cache=neg_cache, guidance=guidance, progress=progress)
+  return np.asarray(jax.device_get(latents)), chosen, passes + 1 + (neg is not None)
+
+
+def _write_outputs(paths, vae, latents, traj, *, decode_latents: int, fps: int, progress: bool, info: dict,
+                   t_start: float, t_sample: float) -> dict:
+  """Decodes into OUT.mp4, saves OUT.npy and OUT.json under temporary names, then renames."""
   labels = [action_label(a) for a in traj.frame_actions]
   pid = os.getpid()
   tmp = {k: p.with_name(f".{p.stem}.tmp-{pid}{p.suffix}") for k, p in paths.items()}
@@ -550,15 +734,10 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
     n_frames = decode_to_video(vae, latents, tmp["video"], labels, chunk=decode_latents, fps=fps, progress=progress)
     t_decode = time.time() - t1
     np.save(tmp["latents"], latents)
-    summary = {
-        "video": str(paths["video"]), "latents": str(paths["latents"]), "frames": n_frames,
-        "latent_shape": list(latents.shape), "height": lh * fs, "width": lw * fs, "fps": fps, "seed": seed,
-        "first_frame": first_source, "conditioning": conds["source"], "actions": actions, "pose": pose,
-        "camera_note": note, "guidance": guidance, "chunks": t // mcfg.chunk_latents, "steps": engine.steps,
-        "model_passes": passes + 1 + (neg is not None), "context_indices": chosen,
-        "devices": len(mesh.devices.flat), "mesh": {k: int(v) for k, v in mesh.shape.items()},
-        "seconds": {"sample": round(t_sample, 2), "decode": round(t_decode, 2),
-                    "total": round(time.time() - t_start, 2)}}
+    summary = {"video": str(paths["video"]), "latents": str(paths["latents"]), "frames": n_frames,
+               "latent_shape": list(latents.shape), **info, "fps": fps,
+               "seconds": {"sample": round(t_sample, 2), "decode": round(t_decode, 2),
+                           "total": round(time.time() - t_start, 2)}}
     _commit(tmp, paths, summary)
   finally:
     for p in tmp.values():
@@ -912,7 +1091,10 @@ def main(argv):
                            checkpoint=_CHECKPOINT(), which=_WHICH(), guidance=_GUIDANCE(),
                            negative_states=_NEGATIVE(),
                            fps=_FPS(), decode_latents=_DECODE(), overwrite=_OVERWRITE(), poses=_POSES(),
-                           intrinsics=_INTRINSICS(), allow_random_weights=_ALLOW_RANDOM())
+                           intrinsics=_INTRINSICS(), allow_random_weights=_ALLOW_RANDOM(), prompt=_PROMPT(),
+                           negative_prompt=_NEG_PROMPT(), text_encoder=_TEXT_ENCODER(), byt5=_BYT5(),
+                           siglip=_SIGLIP(), tokenizer=_TOKENIZER(), max_text_tokens=_MAX_TEXT(), mode=_MODE(),
+                           bi_chunk=_BI_CHUNK())
   s = summary["seconds"]
   what = f"{summary['chunks']} chunks" if "chunks" in summary else f"{summary['steps']} steps"
   print(f"wrote {summary['video']} ({summary['frames']} frames, {summary['width']}x{summary['height']}, "

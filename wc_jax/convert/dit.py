@@ -317,3 +317,28 @@ def params_from_rl_checkpoint(path, which: str = "ema"):
   # nnx Variables are stored as `<leaf>/value`: drop that level
   flat = {(k[:-len("/value")] if k.endswith("/value") else k): np.asarray(v) for k, v in flatten(out).items()}
   return model_config, unflatten(flat), step_dir
+
+
+# ----------------------------------------------------------------------------- streaming export
+# `python -m wc_jax.export` reads one tensor (one layer of a stacked leaf) at a time from the
+# checkpoint (wc_jax.export.LeafReader) and writes it straight into its safetensors file.
+
+def torch_plan(model_config: dict, reference_config=None):
+  """(reference config.json, [(torch key, our path, layer index or None, layout, torch shape)]):
+  what `params_to_torch` writes, in the same order, without touching any weights."""
+  cfg = dit_config.DiTConfig.from_dict(model_config)
+  ref = dict(reference_config or {})
+  ref_cfg = dit_config.to_reference(cfg)
+  if "constructor_kwargs" in ref:
+    ref["constructor_kwargs"] = {k: v for k, v in ref_cfg.items() if not k.startswith("_") and k != "wc_jax_byt5_mapper"}
+  else:
+    ref = ref_cfg
+  _check_expressible(cfg, ref)
+  shapes = expected_torch_shapes(cfg)
+  return ref, [(tkey, path, layer, layout, tuple(shapes[tkey])) for tkey, path, layout, layer in _entries(cfg)]
+
+
+def torch_tensor(x: np.ndarray, layout: str, torch_shape, dtype=None) -> np.ndarray:
+  """One of our tensors (one layer's slice of a stacked leaf) in the reference layout."""
+  x = _to_torch(np.asarray(x), layout, torch_shape)
+  return x.astype(jnp.dtype(dtype)) if dtype else x

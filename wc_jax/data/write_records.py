@@ -257,6 +257,18 @@ class JaxEncoder:
                 byt5_states=np.asarray(byt5, np.float32)[0], byt5_mask=np.asarray(bmask)[0].astype(bool),
                 vision_states=np.asarray(vision, np.float32)[0], first_latent=self.first_latent(image))
 
+  def negative(self, states: Mapping, negative_prompt: str = "") -> dict:
+    """The CFG negative of `states` (this encoder's output for the positive prompt), as the
+    pipeline builds it: the negative prompt through the text path ("" -> " "), ByT5 zeros with
+    mask 0 whatever the prompt, the same image's SigLIP states and first latent."""
+    text, tmask = self._cond.encode_text_prompts(self.text_encoder, [negative_prompt], self.tokenize, cfg=False,
+                                                 on_overflow="truncate")
+    byt5 = np.zeros_like(np.asarray(states["byt5_states"], np.float32))
+    return dict(text_states=np.asarray(text, np.float32)[0], text_mask=np.asarray(tmask)[0].astype(bool),
+                byt5_states=byt5, byt5_mask=np.zeros(byt5.shape[:1], bool),
+                vision_states=np.asarray(states["vision_states"], np.float32),
+                first_latent=np.asarray(states["first_latent"], np.float32))
+
 
 def _vae_latent(vae, video):
   """`latent_dist.mode() * scaling_factor` of a video [1, 3, 1, H, W] in [-1, 1] (jitted once per shape)."""
