@@ -28,6 +28,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.checkpoint_high = ""     # wc_jax folder (python -m wc_jax.convert) or reference expert folder
   c.model.checkpoint_low = ""
 
+  # the prompt encoder: umT5 at the fixture's toy size (tests/fixtures/encoders/umt5: dim 32 = the DiT's
+  # text_dim, its tiny tokenizer; paths relative to the repository root), text_len = the DiT's
+  c.text_encoder = ml_collections.ConfigDict(dict(
+      kind="umt5",
+      checkpoint="tests/fixtures/encoders/umt5/weights.safetensors",
+      tokenizer="tests/fixtures/encoders/umt5/tokenizer",
+      text_len=16, dtype="float32", param_dtype="float32",
+      arch=dict(vocab=300, dim=32, dim_attn=48, dim_ffn=64, num_heads=4, num_layers=2, num_buckets=32,
+                shared_pos=False),
+      negative_prompt="色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"))
+
   # wc_jax.models.wan_vae.config.WanVAEConfig fields (+ checkpoint: folder or Wan2.1_VAE.pth)
   c.vae = ml_collections.ConfigDict(dict(
       dim=8, z_dim=4, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),

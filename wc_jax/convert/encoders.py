@@ -1,6 +1,6 @@
 """Weight conversion for the conditioning encoders: reference key layouts <-> wc_jax params.
 
-Three converters, one per model kind (each an object with the registry's interface:
+Four converters, one per model kind (each an object with the registry's interface:
 KIND, matches, torch_to_params, params_to_torch, build_model, TORCH_FILENAME, expected_keys):
 
 * `byt5`          T5 encoder stack. Accepted key layouts: the Glyph-SDXL-v2 `byt5_model.pt`
@@ -13,6 +13,10 @@ KIND, matches, torch_to_params, params_to_torch, build_model, TORCH_FILENAME, ex
 * `qwen25vl_text` the Qwen2.5-VL language model: checkpoint keys `model.*` (older files) or
                   `model.language_model.*` (transformers >= 4.52 saves), or bare `layers.*`;
                   `visual.*` and `lm_head.*` are ignored (the reference uses the decoder only).
+* `umt5`          LingBot-World's / Wan's umT5-XXL encoder: the state dict of Wan's `T5Encoder`
+                  (`models_t5_umt5-xxl-enc-bf16.pth`: token_embedding, blocks.{i}.{norm1, attn.q/k/v/o,
+                  norm2, ffn.gate.0/fc1/fc2, pos_embedding.embedding}, norm); `load_umt5` and
+                  `load_umt5_tokenizer` read the release's files.
 
 Torch Linear weights are [out, in] (transposed here), the SigLIP patch conv is [D, 3, p, p].
 Every mismatch is reported at once as a ConversionError naming the keys.
@@ -470,11 +474,224 @@ class _QwenTextConverter:
 
 
 qwen25vl_text = _QwenTextConverter()
-CONVERTERS = (byt5, siglip, qwen25vl_text)
+
+
+# ----------------------------------------------------------------------------- umT5 (LingBot-World / Wan)
+
+class UMT5KeyError(ConversionError):
+  """A umT5 checkpoint does not match the encoder it is converted for."""
+
+
+UMT5_RELEASED_FILENAME = "models_t5_umt5-xxl-enc-bf16.pth"
+UMT5_MODEL_TYPE = "wan_umt5"      # config.json model_type of the folders wc_jax writes (the release has none)
+
+
+def umt5_table(cfg) -> list[Entry]:
+  """Wan's `T5Encoder` state dict (shared_pos=False): per-layer `pos_embedding`, `ffn.gate.0` is
+  the GELU branch (wi_0), `ffn.fc1` the linear one (wi_1), `ffn.fc2` the output (wo)."""
+  d, inner, f = cfg.d_model, cfg.inner_dim, cfg.d_ff
+  b = "blocks.{i}."
+  t = [Entry("token_embedding.weight", ("embed_tokens",), "copy", (cfg.vocab_size, d))]
+  for n in ("q", "k", "v"):
+    t.append(Entry(b + f"attn.{n}.weight", ("blocks", n, "kernel"), "linear", (inner, d), True))
+  t.append(Entry(b + "attn.o.weight", ("blocks", "o", "kernel"), "linear", (d, inner), True))
+  t.append(Entry(b + "norm1.weight", ("blocks", "attn_norm", "weight"), "copy", (d,), True))
+  t.append(Entry(b + "norm2.weight", ("blocks", "ffn_norm", "weight"), "copy", (d,), True))
+  t.append(Entry(b + "ffn.gate.0.weight", ("blocks", "wi_0", "kernel"), "linear", (f, d), True))
+  t.append(Entry(b + "ffn.fc1.weight", ("blocks", "wi_1", "kernel"), "linear", (f, d), True))
+  t.append(Entry(b + "ffn.fc2.weight", ("blocks", "wo", "kernel"), "linear", (d, f), True))
+  bias_shape = (cfg.relative_attention_num_buckets, cfg.num_heads)
+  if cfg.per_layer_position_bias:
+    t.append(Entry(b + "pos_embedding.embedding.weight", ("blocks", "relative_attention_bias"), "copy",
+                   bias_shape, True))
+  else:
+    t.append(Entry("pos_embedding.embedding.weight", ("relative_attention_bias",), "copy", bias_shape))
+  t.append(Entry("norm.weight", ("final_layer_norm", "weight"), "copy", (d,)))
+  return t
+
+
+def open_umt5_checkpoint(path):
+  """A tensor source for a umT5 checkpoint: the released `.pth` (needs torch; memory-mapped),
+  a `.safetensors` file, or a folder holding either (safetensors preferred)."""
+  from wc_jax.convert.wan_vae import open_checkpoint
+  return open_checkpoint(path)
+
+
+class _UMT5Converter:
+  KIND = kinds.UMT5
+  TORCH_FILENAME = "models_t5_umt5-xxl-enc.safetensors"
+  STRIP_PREFIX = None
+  Error = UMT5KeyError
+
+  @staticmethod
+  def matches(config: dict) -> bool:
+    return config.get("model_type") == UMT5_MODEL_TYPE or config.get("kind") == "encoder_umt5"
+
+  @staticmethod
+  def model_config(config: dict | None = None, vocab_size: int | None = None, dtype=None):
+    """T5Config from the reference T5Encoder arguments: `config` is a dict of them
+    (vocab/dim/dim_attn/dim_ffn/num_heads/num_layers/num_buckets/shared_pos), a fixture
+    config.json (its `reference_args`), a folder config.json written by wc_jax, or None for umT5-XXL."""
+    from wc_jax.models.encoders.umt5 import UMT5_XXL, umt5_config
+    args = dict(UMT5_XXL)
+    if config:
+      src = config.get("reference_args", config)
+      args.update({k: v for k, v in src.items() if k not in ("model_type", "kind", "architectures")})
+      if "shared_pos" in config and "shared_pos" not in src:
+        args["shared_pos"] = config["shared_pos"]
+    if vocab_size:
+      args.pop("vocab_size", None)
+      args["vocab"] = vocab_size
+    if dtype is not None:
+      args.update(dtype=jnp.dtype(dtype).name, param_dtype=jnp.dtype(dtype).name)
+    try:
+      return umt5_config(**args)
+    except (TypeError, ValueError) as e:
+      raise UMT5KeyError(f"umT5 config: {e}") from e
+
+  def expected_keys(self, config: dict | None = None, vocab_size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Reference key -> shape (None: the released umT5-XXL encoder); no weights needed."""
+    cfg = self.model_config(config, vocab_size)
+    return expand(umt5_table(cfg), cfg.num_layers)
+
+  def torch_to_params(self, source, config: dict | None = None, dtype=None, mesh=None):
+    """Reads layer by layer (the released .pth is memory-mapped); the vocabulary size is the
+    embedding's. Every missing / unexpected / mis-shaped key is named at once (UMT5KeyError)."""
+    del mesh
+    keys = list(source.keys())
+    if "token_embedding.weight" not in keys:
+      raise UMT5KeyError(f"umT5 checkpoint has no token_embedding.weight; keys: {sorted(keys)[:12]}")
+    cfg = self.model_config(config, source.shape("token_embedding.weight")[0], dtype)
+    table = umt5_table(cfg)
+    _check(expand(table, cfg.num_layers), {k: source.shape(k) for k in keys}, UMT5KeyError, "umT5")
+    return dataclasses.asdict(cfg), _read(source, table, cfg.num_layers, jnp.dtype(cfg.param_dtype))
+
+  def params_to_torch(self, params, model_config: dict, dtype=None, reference_config=None):
+    from wc_jax.models.encoders.t5 import T5Config
+    from wc_jax.models.encoders.umt5 import reference_args
+    cfg = T5Config(**model_config)
+    ref = dict(reference_config) if reference_config and self.matches(reference_config) else {
+        "model_type": UMT5_MODEL_TYPE, **reference_args(cfg)}
+    return ref, _write(params, umt5_table(cfg), cfg.num_layers, dtype)
+
+  def build_model(self, model_config: dict, params, mesh=None, **overrides):
+    from wc_jax.models.encoders.t5 import T5Config, T5Encoder
+    cfg = T5Config(**{**model_config, **overrides})
+    return _build(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0)), params, UMT5KeyError, "umT5", mesh)
+
+
+umt5 = _UMT5Converter()
+CONVERTERS = (byt5, siglip, qwen25vl_text, umt5)
+
+
+def load_umt5(path, config: dict | None = None, *, dtype=None, param_dtype=None, mesh=None):
+  """The umT5 encoder from the released `models_t5_umt5-xxl-enc-bf16.pth` (or a safetensors
+  file / folder with its keys, or a wc_jax Orbax folder). `config`: reference T5Encoder
+  arguments (None: umT5-XXL, or the folder's config.json when it has one); `dtype` the compute
+  dtype, `param_dtype` what the weights are stored in (default float32; the release is bf16)."""
+  import pathlib
+  from wc_jax.convert.common import load_orbax
+  path = pathlib.Path(path)
+  if (path / "wc_jax.json").exists():
+    params, meta = load_orbax(path)
+    if meta.get("kind") != kinds.UMT5:
+      raise ConversionError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a {kinds.UMT5!r} one")
+    model_config = meta["model_config"]
+  else:
+    if config is None and path.is_dir() and (path / "config.json").exists():
+      from wc_jax.convert.common import read_config
+      config = read_config(path)
+    model_config, params = umt5.torch_to_params(open_umt5_checkpoint(path), config, dtype=param_dtype)
+  overrides = {"dtype": jnp.dtype(dtype).name} if dtype is not None else {}
+  return umt5.build_model(model_config, params, mesh=mesh, **overrides)
+
+
+def convert_umt5(src, dst, config: dict | None = None, dtype=None):
+  """The released `models_t5_umt5-xxl-enc-bf16.pth` (no config.json beside it, so the generic
+  `python -m wc_jax.convert --torch` cannot read it) -> a wc_jax Orbax folder of kind umt5.
+  `config`: reference T5Encoder arguments (None: umT5-XXL); `dtype`: stored dtype (default float32)."""
+  from wc_jax.convert.common import save_orbax
+  model_config, params = umt5.torch_to_params(open_umt5_checkpoint(src), config, dtype=dtype)
+  from wc_jax.models.encoders.t5 import T5Config
+  from wc_jax.models.encoders.umt5 import reference_args
+  ref = {"model_type": UMT5_MODEL_TYPE, **reference_args(T5Config(**model_config))}
+  return save_orbax(params, dst, {"kind": kinds.UMT5, "model_config": model_config, "reference_config": ref})
+
+
+def umt5_from_config(section, *, mesh=None, seed: int = 0):
+  """(encoder, tokenizer, text_len) from a config's `text_encoder` section (configs/lingbot_*.py):
+  kind 'umt5', checkpoint (the release's .pth, a safetensors file / folder, or a wc_jax folder),
+  tokenizer (the release's google/umt5-xxl folder), text_len, dtype / param_dtype, arch (the
+  reference T5Encoder arguments). An empty checkpoint is refused unless
+  `allow_random_init` is set in the section (random weights at `arch`, seeded by `seed`).
+  Prompts -> DiT context: `wc_jax.models.encoders.umt5.encode_prompts(encoder, tokenizer,
+  prompts, text_len)`."""
+  get = section.get
+  kind = get("kind", kinds.UMT5)
+  if kind != kinds.UMT5:
+    raise ConversionError(f"text_encoder.kind={kind!r}: only {kinds.UMT5!r} is supported here")
+  arch = get("arch", None) or {}
+  arch = arch.to_dict() if hasattr(arch, "to_dict") else dict(arch)
+  dtype, param_dtype = get("dtype", None), get("param_dtype", None)
+  missing = [f"text_encoder.{k}" for k in ("checkpoint", "tokenizer") if not get(k, "")
+             and not (k == "checkpoint" and get("allow_random_init", False))]
+  if missing:
+    raise ConversionError("the umT5 text encoder needs " + " and ".join(missing) + " (the release's "
+                          f"{UMT5_RELEASED_FILENAME} and its google/umt5-xxl tokenizer folder); set them with "
+                          "--config.text_encoder.checkpoint=... / --config.text_encoder.tokenizer=...")
+  if get("checkpoint", ""):
+    encoder = load_umt5(get("checkpoint"), arch or None, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
+  else:
+    from wc_jax.models.encoders.t5 import T5Encoder
+    cfg = umt5.model_config(arch or None, dtype=param_dtype)
+    if dtype is not None:
+      cfg = dataclasses.replace(cfg, dtype=jnp.dtype(dtype).name)
+    encoder = T5Encoder(cfg, rngs=nnx.Rngs(seed))
+  text_len = int(get("text_len", 512))
+  return encoder, load_umt5_tokenizer(get("tokenizer")), text_len
+
+
+def load_umt5_tokenizer(path):
+  """The umT5 tokenizer (`wc_jax.models.encoders.umt5.UMT5Tokenizer`) from the checkpoint's
+  tokenizer folder (`google/umt5-xxl/` of the Wan / LingBot release) or a file in it:
+  tokenizer.json through the `tokenizers` package (the fast tokenizer the reference's
+  AutoTokenizer builds), else spiece.model through `sentencepiece`."""
+  import pathlib
+  from wc_jax.models.encoders.umt5 import UMT5Tokenizer
+  path = pathlib.Path(path)
+  folder = path if path.is_dir() else path.parent
+  tj = path if path.name == "tokenizer.json" else folder / "tokenizer.json"
+  sp = path if path.suffix == ".model" else folder / "spiece.model"
+  errors = []
+  if path.suffix != ".model" and tj.is_file():
+    try:
+      from tokenizers import Tokenizer
+    except ImportError as e:
+      errors.append(f"{tj} needs the `tokenizers` package ({e})")
+    else:
+      tok = Tokenizer.from_file(str(tj))
+      eos, pad = tok.token_to_id("</s>"), tok.token_to_id("<pad>")
+      if eos is None or pad is None:
+        raise ConversionError(f"{tj}: no </s> / <pad> token; not a T5 tokenizer")
+      return UMT5Tokenizer(lambda s: tok.encode(s, add_special_tokens=False).ids, eos_id=eos, pad_id=pad)
+  if sp.is_file():
+    try:
+      import sentencepiece
+    except ImportError as e:
+      errors.append(f"{sp} needs the `sentencepiece` package ({e})")
+    else:
+      proc = sentencepiece.SentencePieceProcessor(model_file=str(sp))
+      if proc.eos_id() < 0 or proc.pad_id() < 0:
+        raise ConversionError(f"{sp}: no eos / pad piece; not a T5 sentencepiece model")
+      return UMT5Tokenizer(lambda s: proc.encode(s), eos_id=proc.eos_id(), pad_id=proc.pad_id())
+  if errors:
+    raise ImportError("; ".join(errors))
+  raise FileNotFoundError(f"no umT5 tokenizer at {path}: expected tokenizer.json or spiece.model "
+                          "(the release's google/umt5-xxl folder)")
 
 
 def converter(kind: str):
-  """The encoder converter for `kind` (kinds.BYT5 / SIGLIP / QWEN25VL_TEXT)."""
+  """The encoder converter for `kind` (kinds.BYT5 / SIGLIP / QWEN25VL_TEXT / UMT5)."""
   for c in CONVERTERS:
     if c.KIND == kind:
       return c
@@ -492,6 +709,10 @@ def load_encoder(kind: str, path, *, mesh=None, dtype=None, **wrapper):
   import pathlib
   from wc_jax.convert.common import TensorSource, load_orbax, read_config
   conv = converter(kind)
+  if kind == kinds.UMT5:   # the release ships a bare .pth (no config.json)
+    if wrapper:
+      raise TypeError(f"{kind}: unexpected options {sorted(wrapper)}")
+    return load_umt5(path, dtype=dtype, mesh=mesh)
   path = pathlib.Path(path)
   if (path / "wc_jax.json").exists():
     params, meta = load_orbax(path)

@@ -11,7 +11,8 @@ CLIP_AESTHETIC = "clip_aesthetic"   # CLIP ViT + LAION aesthetic head (wc_jax.mo
 HPSV3 = "hpsv3"                     # HPSv3 reward model, Qwen2-VL-7B + head (wc_jax.models.qwen2vl)
 IDM = "idm"                         # wc_jax's inverse-dynamics model (wc_jax.models.idm; no reference layout)
 BYT5, SIGLIP, QWEN25VL_TEXT = "byt5", "siglip", "qwen25vl_text"  # conditioning encoders (wc_jax.models.encoders)
+UMT5 = "umt5"                       # umT5-XXL text encoder of LingBot-World / Wan (wc_jax.models.encoders.umt5)
 LINGBOT_DIT = "lingbot_dit"         # LingBot-World expert: Wan2.2 DiT + camera branch (wc_jax.models.lingbot)
 WAN_VAE = "wan_vae"                 # Wan2.1 causal 3-D VAE of LingBot-World (wc_jax.models.wan_vae)
 
-ALL = (DIT, VAE, DA3, CLIP_AESTHETIC, HPSV3, IDM, BYT5, SIGLIP, QWEN25VL_TEXT, LINGBOT_DIT, WAN_VAE)
+ALL = (DIT, VAE, DA3, CLIP_AESTHETIC, HPSV3, IDM, BYT5, SIGLIP, QWEN25VL_TEXT, LINGBOT_DIT, WAN_VAE, UMT5)

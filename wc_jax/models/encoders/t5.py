@@ -3,7 +3,8 @@
 What makes T5 different from the other transformers here:
 * attention logits are NOT scaled by 1/sqrt(d_kv) (the scale is folded into the init);
 * positions enter only as a learned bias per (relative-position bucket, head), owned by the
-  first layer and shared by all layers; buckets are log-spaced beyond half the bucket range;
+  first layer and shared by all layers (T5, ByT5), or one table per layer (umT5:
+  `per_layer_position_bias`); buckets are log-spaced beyond half the bucket range;
 * norms are RMS-only (no mean, no bias) with statistics in float32;
 * the FFN is `wo(act(wi_0 x) * wi_1 x)` for "gated-*" configs, else `wo(act(wi x))`;
 * the last hidden state is after `final_layer_norm` (padded rows are non-zero: the caller masks).
@@ -50,6 +51,7 @@ class T5Config:
   dtype: str = "float32"          # compute dtype (the reference runs ByT5 in fp32)
   param_dtype: str = "float32"
   remat: bool = True
+  per_layer_position_bias: bool = False   # umT5: every layer owns its bucket table (T5: layer 0's, shared)
 
   def __post_init__(self):
     act = self.feed_forward_proj.split("-")[-1]
@@ -96,13 +98,26 @@ def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_dist
   return out + np.where(is_small, n, large)
 
 
+def _bias_table(cfg: T5Config, rngs: nnx.Rngs) -> nnx.Param:
+  """[buckets, heads] learned position bias (random init; converters overwrite it)."""
+  return nnx.Param(jax.random.normal(rngs.params(), (cfg.relative_attention_num_buckets, cfg.num_heads),
+                                     jnp.dtype(cfg.param_dtype)) * 0.1, out_sharding=("vocab", "heads"))
+
+
+def _lookup_bias(table, buckets):
+  """table [buckets, H], buckets [Lq, Lk] int -> [1, H, Lq, Lk] float32."""
+  return jnp.take(table[...].astype(jnp.float32), buckets, axis=0).transpose(2, 0, 1)[None]
+
+
 class T5Block(nnx.Module):
-  """Pre-RMSNorm self-attention (no logit scale, shared position bias) + (gated) FFN."""
+  """Pre-RMSNorm self-attention (no logit scale; shared or own position bias) + (gated) FFN."""
 
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
     d, inner = cfg.d_model, cfg.inner_dim
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs, use_bias=False)
+    if cfg.per_layer_position_bias:
+      self.relative_attention_bias = _bias_table(cfg, rngs)
     self.attn_norm = RMSNorm(d, eps=cfg.layer_norm_epsilon, param_dtype=jnp.dtype(cfg.param_dtype))
     self.q = dense(d, inner, ("embed", "heads"), **kw)
     self.k = dense(d, inner, ("embed", "heads"), **kw)
@@ -114,9 +129,13 @@ class T5Block(nnx.Module):
       self.wi_1 = dense(d, cfg.d_ff, ("embed", "mlp"), **kw)
     self.wo = dense(cfg.d_ff, d, ("mlp", "embed"), **kw)
 
-  def __call__(self, x, bias):
+  def __call__(self, x, bias, buckets=None):
+    """bias: the additive [B or 1, H or 1, L, L] float32 bias (mask, + the shared position bias);
+    with per_layer_position_bias this layer's own table at `buckets` [L, L] is added."""
     cfg = self.cfg
     b, n, _ = x.shape
+    if cfg.per_layer_position_bias:
+      bias = bias + _lookup_bias(self.relative_attention_bias, buckets)
     h = self.attn_norm(x)
     split = lambda y: y.reshape(b, n, cfg.num_heads, cfg.d_kv)
     q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
@@ -142,19 +161,21 @@ class T5Encoder(nnx.Module):
     pd = jnp.dtype(cfg.param_dtype)
     self.embed_tokens = nnx.Param(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), pd),
                                   out_sharding=("vocab", "embed"))
-    self.relative_attention_bias = nnx.Param(
-        jax.random.normal(rngs.params(), (cfg.relative_attention_num_buckets, cfg.num_heads), pd) * 0.1,
-        out_sharding=("vocab", "heads"))
+    if not cfg.per_layer_position_bias:
+      self.relative_attention_bias = _bias_table(cfg, rngs)
     self.blocks = stacked(lambda r: T5Block(cfg, rngs=r), cfg.num_layers, rngs)
     self.final_layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon, param_dtype=pd)
 
-  def position_bias(self, length: int):
-    """[1, H, L, L] float32 learned bias of the relative positions."""
+  def buckets(self, length: int):
     cfg = self.cfg
-    buckets = relative_position_buckets(length, length, cfg.relative_attention_num_buckets,
-                                        cfg.relative_attention_max_distance)
-    table = self.relative_attention_bias[...].astype(jnp.float32)
-    return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1)[None]
+    return jnp.asarray(relative_position_buckets(length, length, cfg.relative_attention_num_buckets,
+                                                 cfg.relative_attention_max_distance))
+
+  def position_bias(self, length: int):
+    """[1, H, L, L] float32 learned bias of the relative positions (the shared table)."""
+    if self.cfg.per_layer_position_bias:
+      raise ValueError("position_bias: this encoder has one table per layer (per_layer_position_bias)")
+    return _lookup_bias(self.relative_attention_bias, self.buckets(length))
 
   def __call__(self, input_ids, attention_mask=None, *, return_all: bool = False):
     """Returns the last hidden state; with return_all also [num_layers + 1, B, L, d]: the
@@ -171,10 +192,13 @@ class T5Encoder(nnx.Module):
     x = constrain(x, _ACT)
     # the additive mask of HF: (1 - mask) * finfo.min, on top of the position bias
     mask_bias = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
-    bias = self.position_bias(n) + mask_bias
+    if cfg.per_layer_position_bias:
+      bias, buckets = mask_bias, self.buckets(n)
+    else:
+      bias, buckets = self.position_bias(n) + mask_bias, None
 
     def step(block, h):
-      out = block(h, bias)
+      out = block(h, bias, buckets)
       return out, out
 
     last, per_layer = scan_layers(self.blocks, step, x, cfg.num_layers, remat=cfg.remat)
