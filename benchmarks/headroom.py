@@ -1,17 +1,18 @@
-"""How much can RL gain? Best-of-G selection by the reward, scored by the judge.
+"""How much can RL gain? Best-of-G selection by the reward, scored by the render-and-compare judge.
 
 WorldCompass RL distils the reward's preference among G candidates into the policy, so
 the judge's accuracy of the candidate the reward ranks first (best-of-G) is a rough
-ceiling for what one round of RL can reach, and the correlation between reward and
-judge says whether the reward is informative at all. Run after benchmarks/reproduce.py
-(it reads the workdir's base model, latent map and IDMs):
+ceiling for what one round of RL can reach, and the within-group correlation between
+reward and judge (what a group advantage sees) says whether the reward is informative.
+The study's headroom gate: best-of-G by reward >= +25 points over a random candidate and
+within-group correlation >= 0.5. Uses benchmarks/reproduce.py's cached stages (the base
+model: the workdir's or the committed one; IDMs; held-out set):
 
-    python benchmarks/headroom.py --workdir=/tmp/wc_repro [--candidates=8] [--trajectories=16]
+    python benchmarks/headroom.py --workdir=/tmp/wc_repro [--candidates=12] [--trajectories=64] [--eval_seed=0]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -21,56 +22,49 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
 import reproduce as RP  # noqa: E402
-from wc_jax.rewards.idm import idm_reward  # noqa: E402
-from wc_jax.world import evaluate as E  # noqa: E402
-from wc_jax.world import reward as R  # noqa: E402
-from wc_jax.world.latent import PatchLatent  # noqa: E402
+from wc_jax.world import stats as S  # noqa: E402
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--config", default=str(REPO / "configs" / "synthetic.py"))
   ap.add_argument("--workdir", default="/tmp/wc_repro")
-  ap.add_argument("--checkpoint", default="", help="model to sample (default: the workdir's base model)")
-  ap.add_argument("--candidates", type=int, default=8)
-  ap.add_argument("--trajectories", type=int, default=16)
-  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--base_seed", type=int, default=0)
+  ap.add_argument("--candidates", type=int, default=0, help="G (default: study.best_of)")
+  ap.add_argument("--trajectories", type=int, default=0, help="held-out trajectories (default: eval.trajectories)")
+  ap.add_argument("--eval_seed", type=int, default=0)
+  ap.add_argument("--quick", action="store_true")
   args = ap.parse_args(argv)
   cfg = RP.load_config(args.config)
+  if args.quick:
+    cfg = RP.quick(cfg)
+  if args.candidates:
+    if args.candidates < 2:
+      raise SystemExit(f"headroom: --candidates must be >= 2, got {args.candidates}")
+    cfg.study.best_of = args.candidates
   wd = pathlib.Path(args.workdir)
-  for need in ("base/latent.json", "idm_reward.npz", "idm_judge.npz"):
-    if not (wd / need).exists():
-      raise SystemExit(f"headroom: {wd / need} is missing; run benchmarks/reproduce.py --workdir={wd} first")
-  latent = PatchLatent.from_dict(json.loads((wd / "base" / "latent.json").read_text()))
-  apply, params = RP.params_of(cfg, args.checkpoint or str(wd / "base" / "model"))
-  reward_idm, judge = R.load_idm(wd / "idm_reward.npz", cfg), R.load_idm(wd / "idm_judge.npz", cfg)
-  horizon = int(cfg.model.chunk_latents * cfg.rl.max_clip)
-  clips = E.eval_clips(cfg, args.seed, args.trajectories, horizon)
-  acts = jnp.asarray(clips.actions, jnp.int32)
-  rewards, accs = [], []
-  for g in range(args.candidates):
-    frames = E.rollout(apply, params, cfg, latent, clips, 1000 * args.seed + 100 + g)
-    rewards.append(np.asarray(jax.vmap(lambda f, a: idm_reward(f, a, reward_idm))(jnp.asarray(frames), acts)))
-    pred = np.asarray(R.predicted_actions(judge, jnp.asarray(frames)))
-    accs.append(100 * (pred == clips.actions[:, 1:]).mean(-1))
-  r, acc = np.stack(rewards), np.stack(accs)                       # [G, N]
-  n = np.arange(r.shape[1])
-  rows = {"mean candidate": acc.mean(), f"best of {args.candidates} by reward": acc[r.argmax(0), n].mean(),
-          f"worst of {args.candidates} by reward": acc[r.argmin(0), n].mean(),
-          f"best of {args.candidates} by the judge (oracle)": acc.max(0).mean()}
-  print(f"| judge exact action accuracy (%), {args.trajectories} held-out trajectories x {horizon} latents | |")
+  wd.mkdir(parents=True, exist_ok=True)
+  log = print
+  base = RP.stage_base(cfg, wd, args.base_seed, log)
+  idms = RP.stage_idms(cfg, wd, log)
+  h = int(cfg.model.chunk_latents * cfg.rl.max_clip)
+  n = int(args.trajectories or cfg.eval.trajectories)
+  clips, renders = RP.stage_eval_set(cfg, wd, args.eval_seed, n, h, log)
+  bo = RP.stage_best_of(cfg, wd, base, args.base_seed, idms, clips, renders, args.eval_seed, log)
+  hr = S.headroom(bo["score"], bo["exact"])
+  g = cfg.study.best_of
+  print(f"\n| render-judge exact action accuracy (%), {n} held-out trajectories x {h} latents | |")
   print("|---|---|")
-  for k, v in rows.items():
-    print(f"| {k} | {v:.1f} |")
-  print(f"\ncorrelation(reward, judge accuracy) over candidates: {np.corrcoef(r.ravel(), acc.ravel())[0, 1]:.2f}; "
-        f"reward within-group std {r.std(0).mean():.2f}")
-  print(f"command: python benchmarks/headroom.py --workdir={args.workdir} --candidates={args.candidates} "
-        f"--trajectories={args.trajectories}")
+  for k, label in (("mean", "mean candidate"), ("best_by_reward", f"best of {g} by reward"),
+                   ("worst_by_reward", f"worst of {g} by reward"), ("oracle", f"best of {g} by the judge (oracle)")):
+    print(f"| {label} | {hr[k]:.1f} |")
+  print(f"\nwithin-group correlation(reward, judge accuracy) {hr['within_corr']:.2f} (pooled {hr['pooled_corr']:.2f}); "
+        f"gate (best-of-{g} >= +25, within >= 0.5): "
+        f"{'met' if hr['best_by_reward'] - hr['mean'] >= 25 and hr['within_corr'] >= 0.5 else 'not met'}")
+  print(f"command: python benchmarks/headroom.py --workdir={args.workdir} --candidates={g} --trajectories={n} "
+        f"--eval_seed={args.eval_seed}" + (" --quick" if args.quick else ""))
+  return hr
 
 
 if __name__ == "__main__":

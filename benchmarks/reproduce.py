@@ -1,17 +1,24 @@
-"""The WorldCompass reproduction in the synthetic world, end to end, on a CPU.
+"""The WorldCompass study in the synthetic world, end to end, on a CPU (issue 18's protocol).
 
     python benchmarks/reproduce.py [--workdir=/tmp/wc_repro] [--quick]
+        [--base_seeds=0] [--rl_seeds=0,1,2] [--eval_seed=0] [--trajectories=64] [--from_scratch]
 
-1. renders ground-truth clips and trains the tiny WorldPlay DiT with the base objective
-   (wc_jax.world.base_train) on a fixed patch latent (wc_jax.world.latent);
-2. trains two IDMs on ground truth: the reward's (training scenes) and the judge
+1. base model per base seed: the committed checkpoint when one matches the config
+   (benchmarks/assets/synthetic_base_seed<b>/), else trained here (wc_jax.world.base_train;
+   `--from_scratch` always retrains);
+2. two IDMs on ground truth: the reward's (training scenes) and a second-opinion judge
    (other scenes, another seed);
-3. runs WorldCompass RL (wc_jax.rl.trainer.Trainer: clip-level rollouts, best-of-N,
-   NFT, EMAs) with rewards idm + drift, once per RL seed;
-4. rolls out base and RL models autoregressively on held-out scenes at 1x, 2x and 4x
-   the RL horizon and prints the before/after table (mean +- std over seeds).
+3. the held-out evaluation set of `--eval_seed` (held-out scenes and trajectory seeds) and the
+   render-and-compare judge's candidate renders (wc_jax.world.judge);
+4. per base seed: the capability gate (base accuracy per primitive) and the headroom gate
+   (best-of-G by reward, within-group reward-judge correlation);
+5. per base seed x RL seed: WorldCompass RL, the shuffled-reward control (same seed, rewards
+   permuted within each group) and supervised fine-tuning for the same wall time;
+6. every model rolled out on the same held-out trajectories with the same noises; the table
+   gives means and paired-bootstrap 95 % CIs (resampling runs and trajectories).
 
-Every stage caches its output in the workdir, so a rerun only redoes what is missing.
+Every stage caches its output in the workdir (base*/, idm_*.npz, eval_*.npz, <run>/final,
+evals/*.npz), so a rerun only redoes what is missing.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -34,8 +42,12 @@ import numpy as np  # noqa: E402
 from wc_jax.world import base_train as B  # noqa: E402
 from wc_jax.world import data as D  # noqa: E402
 from wc_jax.world import evaluate as E  # noqa: E402
+from wc_jax.world import judge as J  # noqa: E402
 from wc_jax.world import reward as R  # noqa: E402
+from wc_jax.world import stats as S  # noqa: E402
 from wc_jax.world.latent import PatchLatent  # noqa: E402
+
+ASSETS = REPO / "benchmarks" / "assets"
 
 
 def load_config(path: str):
@@ -52,11 +64,16 @@ def quick(cfg):
   cfg.base.steps = 60
   cfg.base.log_every = 20
   cfg.idm.steps = 40
-  cfg.rl.total_steps = 4
+  cfg.rl.total_steps = 2
+  cfg.rl.trajectories_per_step = 2
   cfg.rl.group_size = 4
   cfg.rl.best_of_n = 2
-  cfg.eval.seeds = (0,)
   cfg.eval.trajectories = 4
+  cfg.eval.horizons = (1, 2)
+  cfg.study.best_of = 2
+  cfg.study.sft_max_steps = 20
+  cfg.study.corrupt_steps = 10
+  cfg.study.n_boot = 200
   return cfg
 
 
@@ -70,21 +87,87 @@ def params_of(cfg, checkpoint):
   return functional(model)
 
 
-def stage_base(cfg, wd: pathlib.Path, log):
-  if (wd / "base" / "model" / "wc_jax.json").exists():
-    log("base model: cached")
+def fingerprint(cfg) -> dict:
+  """What a base checkpoint must agree on to be used: the world's look and motions, the latent and
+  the model (not how many clips trained it, nor the judge's and evaluation's scenes: --quick
+  uses a committed base too)."""
+  skip = {"train_clips", "idm_clips", "judge_scenes", "eval_scenes"}
+  return {"world": {k: v for k, v in cfg.world.to_dict().items() if k not in skip},
+          "model": {k: v for k, v in cfg.model.to_dict().items() if k != "checkpoint"}}
+
+
+def _jsonable(x):
+  return json.loads(json.dumps(x, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def _rounded(x, digits: int = 2):
+  if isinstance(x, dict):
+    return {k: _rounded(v, digits) for k, v in x.items()}
+  return round(x, digits) if isinstance(x, float) else x
+
+
+def base_dir_name(b: int) -> str:
+  return "base" if b == 0 else f"base_seed{b}"
+
+
+def stage_base(cfg, wd: pathlib.Path, b: int, log, from_scratch: bool = False) -> dict:
+  """The base model of base seed `b`: {"model": checkpoint dir, "latent", "dir", "source"}."""
+  asset = ASSETS / f"synthetic_base_seed{b}"
+  if not from_scratch and (asset / "model" / "wc_jax.json").exists():
+    meta = json.loads((asset / "study.json").read_text())
+    if meta.get("fingerprint") == _jsonable(fingerprint(cfg)):
+      log(f"base seed {b}: committed checkpoint {asset.relative_to(REPO)} ({meta.get('train', '')})")
+      latent = PatchLatent.from_dict(json.loads((asset / "latent.json").read_text()))
+      return {"model": asset / "model", "latent": latent, "dir": asset, "source": "committed", "name": base_dir_name(b),
+              "tag": ""}
+    log(f"base seed {b}: the committed checkpoint was trained for another world/model config; training here")
+  d = wd / base_dir_name(b)
+  if (d / "model" / "wc_jax.json").exists():
+    log(f"base seed {b}: cached")
   else:
+    c = copy.deepcopy(cfg)
+    c.seed = int(b)
     t = time.time()
-    B.train(cfg, str(wd / "base"), log=log)
-    log(f"base model: trained in {time.time() - t:.0f}s")
-  return PatchLatent.from_dict(json.loads((wd / "base" / "latent.json").read_text()))
+    B.train(c, str(d), log=log)
+    (d / "study.json").write_text(json.dumps({"fingerprint": _jsonable(fingerprint(cfg)),
+                                              "train": f"{c.base.steps} steps, {time.time() - t:.0f}s on this machine"}))
+    log(f"base seed {b}: trained in {time.time() - t:.0f}s")
+  latent = PatchLatent.from_dict(json.loads((d / "latent.json").read_text()))
+  return {"model": d / "model", "latent": latent, "dir": d, "source": "trained", "name": base_dir_name(b), "tag": ""}
+
+
+def train_clips(cfg, wd: pathlib.Path, b: int) -> D.Clips:
+  """The training clips of base seed b (rendered once into its workdir folder)."""
+  w = cfg.world
+  return B.load_or_make_clips(wd / base_dir_name(b) / "train_clips.npz", w.train_clips, w.train_latents,
+                              B.scene_range(w.train_scenes), int(b) * 100000, B.world_config(cfg))
+
+
+def stage_corrupted(cfg, wd: pathlib.Path, base: dict, b: int, p: float, log) -> dict:
+  """Setting (b): the base trained further on data whose labels AND camera poses are another
+  clip's for a fraction p of chunks (`base.corrupt_poses`), so it follows commands less; RL
+  and every baseline then start from it."""
+  name = f"{base_dir_name(b)}_corrupt{p:g}"
+  d = wd / name
+  if (d / "model" / "wc_jax.json").exists():
+    log(f"{name}: cached")
+  else:
+    c = copy.deepcopy(cfg)
+    c.seed = int(b)
+    c.base.label_noise, c.base.corrupt_poses = float(p), True
+    t = time.time()
+    B.train(c, str(d), steps=int(c.study.corrupt_steps), clips=train_clips(c, wd, b), init=str(base["model"]),
+            lr=float(c.study.sft_lr), latent=base["latent"], log=log)
+    log(f"{name}: {c.study.corrupt_steps} steps on corrupted labels and poses (p = {p:g}) in {time.time() - t:.0f}s")
+  return {"model": d / "model", "latent": base["latent"], "dir": d, "source": "corrupted", "name": name,
+          "tag": f"corrupt{p:g}_"}
 
 
 def stage_idms(cfg, wd: pathlib.Path, log):
   w, wcfg = cfg.world, B.world_config(cfg)
   out = {}
   for name, seed, scenes, traj_seed, path in (
-      ("reward", cfg.idm.reward_seed, B.scene_range(w.train_scenes), cfg.seed * 100000, wd / "base" / "train_clips.npz"),
+      ("reward", cfg.idm.reward_seed, B.scene_range(w.train_scenes), 0, wd / "base" / "train_clips.npz"),
       ("judge", cfg.idm.eval_seed, B.scene_range(w.judge_scenes), 20_000_000, wd / "judge_clips.npz")):
     f = wd / f"idm_{name}.npz"
     if f.exists():
@@ -101,45 +184,169 @@ def stage_idms(cfg, wd: pathlib.Path, log):
   return out
 
 
-def rl_config(cfg, wd: pathlib.Path, seed: int):
-  c = copy.deepcopy(cfg)
-  c.model.checkpoint = str((wd / "base" / "model").absolute())
-  c.seed = int(seed)
-  return c
+def stage_eval_set(cfg, wd: pathlib.Path, eval_seed: int, num: int, latents: int, log):
+  """Held-out clips of `eval_seed` and their candidate renders (cached together)."""
+  f = wd / f"eval_e{eval_seed}_n{num}_l{latents}.npz"
+  wcfg = B.world_config(cfg)
+  if f.exists():
+    z = np.load(f)
+    clips = D.Clips(z["frames"], z["actions"], z["w2c"], z["Ks"], z["scenes"])
+    renders = J.CandidateRenders(z["r_frames"], z["r_labels"], tuple(str(x) for x in z["r_names"]), z["r_commanded"])
+    log(f"eval set {f.name}: cached")
+    return clips, renders
+  t = time.time()
+  clips = E.eval_clips(cfg, eval_seed, num, latents)
+  renders = J.candidate_renders(clips, wcfg)
+  np.savez(f, frames=clips.frames, actions=clips.actions, w2c=clips.w2c, Ks=clips.Ks, scenes=clips.scenes,
+           r_frames=renders.frames, r_labels=renders.labels, r_names=np.asarray(renders.names),
+           r_commanded=renders.commanded)
+  log(f"eval set {f.name}: {num} clips x {latents} latents and {len(renders.names)} candidate renders per step "
+      f"in {time.time() - t:.0f}s")
+  return clips, renders
 
 
-def stage_rl(cfg, wd: pathlib.Path, latent, idm, seed: int, log):
+def stage_evaluate(name: str, cfg, wd: pathlib.Path, checkpoint, latent, clips, renders, judge_idm, eval_seed: int,
+                   log) -> dict:
+  """Step metrics (E.step_metrics) of one model on the eval set, noise seed = eval seed (paired)."""
+  n, length = clips.actions.shape
+  f = wd / "evals" / f"{name}_e{eval_seed}_n{n}_l{length}.npz"
+  if f.exists():
+    return dict(np.load(f))
+  t = time.time()
+  apply, params = params_of(cfg, checkpoint)
+  frames = E.rollout(apply, params, cfg, latent, clips, eval_seed)
+  m = E.step_metrics(frames, clips, renders, judge_idm)
+  m["frames_head"] = (np.clip(frames[:4], 0, 1) * 255).astype(np.uint8)
+  f.parent.mkdir(exist_ok=True)
+  np.savez(f, **m)
+  log(f"eval {name}: {time.time() - t:.0f}s; exact at {cfg.model.chunk_latents * cfg.rl.max_clip} latents "
+      f"{100 * m['exact'][:, :cfg.model.chunk_latents * cfg.rl.max_clip - 1].mean():.1f}")
+  return m
+
+
+def run_name(kind: str, b: int, s: int, tag: str = "") -> str:
+  """Run folders: rl_seed<s> / shuffled_seed<s> / sft_seed<s> for base seed 0, base<b>_... otherwise
+  (setting (b): prefixed by corrupt<p>_)."""
+  return tag + (f"base{b}_" if b else "") + f"{kind}_seed{s}"
+
+
+def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shuffled: bool = False) -> dict:
+  """One RL run (or its shuffled-reward control): {"model": EMA checkpoint, "seconds"}."""
+  rd = wd / run_name("shuffled" if shuffled else "rl", b, seed, base.get("tag", ""))
+  done = rd / "done.json"
+  if done.exists():
+    return {"model": rd / "final", **json.loads(done.read_text())}
   from wc_jax.rl.trainer import Trainer
-  c = rl_config(cfg, wd, seed)
-  rd = wd / f"rl_seed{seed}"
+  c = copy.deepcopy(cfg)
+  c.model.checkpoint = str(pathlib.Path(base["model"]).absolute())
+  c.seed = int(seed)
+  latent = base["latent"]
   data = D.WorldTrajectories(latent, c.model, c.text, c.model.chunk_latents * c.rl.max_clip,
                              B.scene_range(c.world.train_scenes), 50_000_000 + 1000 * seed, B.world_config(c))
   stage = R.make_reward_stage(latent, idm, dict(c.rewards.weights))
+  if shuffled:
+    stage = R.ShuffledRewardStage(stage, seed=1_000 + seed)
   trainer = Trainer(c, str(rd), reward_stage=stage, data=data)
   t = time.time()
   trainer.run()
-  log(f"rl seed {seed}: {c.rl.total_steps} steps ({time.time() - t:.0f}s this run)")
-  return trainer.apply, trainer.state.ema
+  seconds = time.time() - t
+  B.save_params(trainer.state.ema, rd / "final", c, {"rl_steps": int(c.rl.total_steps), "shuffled": shuffled})
+  done.write_text(json.dumps({"seconds": seconds}))
+  log(f"{rd.name}: {c.rl.total_steps} steps x {c.rl.trajectories_per_step} trajectories in {seconds:.0f}s")
+  return {"model": rd / "final", "seconds": seconds}
 
 
-def fmt(vals, digits=1):
-  v = np.asarray(vals, np.float64)
-  return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
+def stage_sft(cfg, wd: pathlib.Path, base: dict, b: int, seed: int, seconds: float, log, corrupt: float = 0.0) -> dict:
+  """Supervised fine-tuning of the base on ground truth for `seconds` of wall time (the matching
+  RL run's): the equal-compute baseline; `corrupt` > 0 trains on the corrupted data instead."""
+  rd = wd / run_name("sft_corrupt" if corrupt else "sft", b, seed, base.get("tag", ""))
+  done = rd / "done.json"
+  if done.exists():
+    return {"model": rd / "model", **json.loads(done.read_text())}
+  c = copy.deepcopy(cfg)
+  c.seed = int(seed)
+  if corrupt:
+    c.base.label_noise, c.base.corrupt_poses = float(corrupt), True
+  t = time.time()
+  out = B.train(c, str(rd), steps=int(c.study.sft_max_steps), clips=train_clips(c, wd, b), init=str(base["model"]),
+                lr=float(c.study.sft_lr), latent=base["latent"], seconds=float(seconds), log=lambda m: None)
+  done.write_text(json.dumps({"seconds": time.time() - t, "steps": len(out["losses"])}))
+  log(f"{rd.name}: {len(out['losses'])} supervised steps in {time.time() - t:.0f}s (budget {seconds:.0f}s)")
+  return {"model": rd / "model", "seconds": time.time() - t, "steps": len(out["losses"])}
 
 
-def table(results: dict, horizons, ceiling: dict) -> str:
-  """Markdown table: metric x horizon, before / after / delta, mean ± std over seeds."""
-  names = {"fine": ("action acc fine (%)", 1), "exact": ("action acc exact (%)", 1), "psnr": ("PSNR to GT (dB)", 2),
-           "detail": ("detail ratio", 3)}
-  rows = ["| metric | horizon | base | + WorldCompass RL | Δ | judge on GT |", "|---|---|---|---|---|---|"]
-  for m, (label, d) in names.items():
+def stage_best_of(cfg, wd: pathlib.Path, base: dict, b: int, idms, clips, renders, eval_seed: int, log) -> dict:
+  """G candidates of the base per held-out trajectory at the RL horizon, ranked by the RL's
+  own selection score (z-scored rewards, weighted): best-of-G baseline and headroom gate."""
+  import jax
+  import jax.numpy as jnp
+  from wc_jax.rewards.advantages import prepare_grpo
+  from wc_jax.rewards.idm import idm_reward
+  g = int(cfg.study.best_of)
+  h = int(cfg.model.chunk_latents * cfg.rl.max_clip)
+  n = len(clips.actions)
+  f = wd / "evals" / f"{base['name']}_bestof{g}_e{eval_seed}_n{n}_h{h}.npz"
+  if f.exists():
+    return dict(np.load(f))
+  t = time.time()
+  sub = D.Clips(clips.frames[:, :h], clips.actions[:, :h], clips.w2c[:, :h], clips.Ks[:, :h], clips.scenes)
+  apply, params = params_of(cfg, base["model"])
+  acts = jnp.asarray(sub.actions, jnp.int32)
+  rewards = {k: [] for k in cfg.rewards.weights}
+  exact = []
+  for i in range(g):
+    frames = E.rollout(apply, params, cfg, base["latent"], sub, 1_000_000 + 1000 * eval_seed + i)
+    fr = jnp.asarray(frames)
+    if "idm" in rewards:
+      rewards["idm"].append(np.asarray(jax.vmap(lambda x, a: idm_reward(x, a, idms["reward"]))(fr, acts)))
+    if "drift" in rewards:
+      rewards["drift"].append(np.asarray(jax.vmap(R.drift_reward)(fr, fr[:, 0])))
+    exact.append(100.0 * E.step_metrics(frames, sub, renders)["exact"][:, :h - 1].mean(1))
+  r = {k: jnp.asarray(np.stack(v).T) for k, v in rewards.items()}           # [N, G]
+  grpo = prepare_grpo(r, {k: float(v) for k, v in cfg.rewards.weights.items()}, std_type="group", best_of_n=None)
+  out = {"score": np.asarray(grpo.combined).T, "exact": np.stack(exact)}     # [G, N]
+  f.parent.mkdir(exist_ok=True)
+  np.savez(f, **out)
+  log(f"best-of-{g} of {base['name']}: {time.time() - t:.0f}s")
+  return out
+
+
+# ----------------------------------------------------------------------------- table
+
+METRICS = {"exact": ("exact action acc, render judge (%)", 1), "fine": ("fine action acc, render judge (%)", 1),
+           "idm_exact": ("exact action acc, IDM judge (%)", 1), "psnr": ("PSNR to GT (dB)", 2),
+           "ssim": ("SSIM to GT", 3), "detail": ("detail ratio", 3)}
+
+
+def _ci(d, digits):
+  m, lo, hi = d
+  return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def table(per: dict, horizons, h_rl: int, ceiling: dict, n_boot: int) -> str:
+  """per[method][horizon][metric] -> [R, N] per-trajectory arrays (R runs; base/best-of: one row
+  per base seed, broadcast to the runs of that base seed by the caller)."""
+  methods = [m for m in ("clean_base", "base", "best_of", "sft", "sft_corrupt", "shuffled", "rl") if m in per]
+  heads = {"clean_base": "clean base", "base": "base", "best_of": "best-of-G (reward)", "sft": "SFT (equal time)",
+           "sft_corrupt": "SFT on corrupted data", "shuffled": "shuffled RL", "rl": "WorldCompass RL"}
+  rows = ["| metric | horizon | " + " | ".join(heads[m] for m in methods) +
+          " | RL − base [95 % CI] | RL − shuffled [95 % CI] | RL − SFT [95 % CI] | judge on GT |",
+          "|---|---|" + "---|" * (len(methods) + 4)]
+  for key, (label, dg) in METRICS.items():
     for h in horizons:
-      b = [r["base"][h][m] for r in results.values()]
-      a = [r["rl"][h][m] for r in results.values()]
-      diff = np.asarray(a) - np.asarray(b)
-      gt = fmt([c[h][m] for c in ceiling.values()], d) if m in ("fine", "exact") else "–"
-      rows.append(f"| {label} | {h} latents | {fmt(b, d)} | {fmt(a, d)} | {'+' if diff.mean() >= 0 else ''}"
-                  f"{fmt(diff, d)} | {gt} |")
+      if key not in per["base"][h]:
+        continue
+      cells = []
+      for m in methods:
+        v = per[m].get(h, {}).get(key)
+        cells.append("–" if v is None else f"{np.mean(v):.{dg}f}")
+      diffs = []
+      for other in ("base", "shuffled", "sft"):
+        a, bb = per.get("rl", {}).get(h, {}).get(key), per.get(other, {}).get(h, {}).get(key)
+        diffs.append("–" if a is None or bb is None else _ci(S.paired_bootstrap(a, bb, n_boot=n_boot), dg))
+      gt = ceiling.get(h, {}).get(key) if key in ("exact", "fine", "idm_exact") else None
+      rows.append(f"| {label} | {h} ({h // h_rl}×) | " + " | ".join(cells) + " | " + " | ".join(diffs) +
+                  f" | {'–' if gt is None else f'{np.mean(gt):.{dg}f}'} |")
   return "\n".join(rows)
 
 
@@ -147,11 +354,21 @@ def save_gifs(wd: pathlib.Path, gt, before, after, n: int = 4):
   """videos/compare_i.gif: ground truth | base | RL, side by side, 4x upscaled."""
   from PIL import Image
   (wd / "videos").mkdir(exist_ok=True)
-  for i in range(min(n, len(gt))):
+  for i in range(min(n, len(gt), len(before), len(after))):
     row = np.concatenate([gt[i], before[i], after[i]], axis=2)
     row = np.repeat(np.repeat(row, 4, 1), 4, 2)
-    imgs = [Image.fromarray(f) for f in (np.clip(row, 0, 1) * 255).astype(np.uint8)]
+    imgs = [Image.fromarray(f) for f in row]
     imgs[0].save(wd / "videos" / f"compare_{i}.gif", save_all=True, append_images=imgs[1:], duration=250, loop=0)
+
+
+def _seeds(text: str) -> list[int]:
+  try:
+    out = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise SystemExit(f"reproduce: seeds must be comma-separated integers, got {text!r}") from None
+  if not out or min(out) < 0:
+    raise SystemExit(f"reproduce: need one or more non-negative seeds, got {text!r}")
+  return out
 
 
 def main(argv=None):
@@ -159,13 +376,31 @@ def main(argv=None):
   ap.add_argument("--config", default=str(REPO / "configs" / "synthetic.py"))
   ap.add_argument("--workdir", default="/tmp/wc_repro")
   ap.add_argument("--quick", action="store_true", help="minutes-long smoke version")
-  ap.add_argument("--rl_seeds", default="", help="comma-separated RL seeds (default: the eval seeds)")
+  ap.add_argument("--base_seeds", default="0", help="comma-separated base-model seeds")
+  ap.add_argument("--rl_seeds", default="0,1,2", help="comma-separated RL seeds (each also seeds its controls)")
+  ap.add_argument("--eval_seed", type=int, default=0, help="held-out scene/trajectory/noise seed of the evaluation")
+  ap.add_argument("--trajectories", type=int, default=0, help="held-out trajectories (default: eval.trajectories)")
+  ap.add_argument("--from_scratch", action="store_true", help="train the base here even if a committed one matches")
+  ap.add_argument("--skip", default="", help="comma-separated stages to leave out: rl, shuffled, sft, best_of")
+  ap.add_argument("--gates_only", action="store_true", help="stop after the capability and headroom gates")
+  ap.add_argument("--corrupt", type=float, default=0.0,
+                  help="setting (b): first train each base further with labels AND poses corrupted for this fraction "
+                       "of chunks (study.corrupt_steps steps); RL and the baselines start from that model")
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   t0 = time.time()
   cfg = load_config(args.config)
   if args.quick:
     cfg = quick(cfg)
+    if args.rl_seeds == "0,1,2":
+      args.rl_seeds = "0"
+  base_seeds, rl_seeds = _seeds(args.base_seeds), _seeds(args.rl_seeds)
+  skip = {s for s in args.skip.split(",") if s}
+  if skip - {"rl", "shuffled", "sft", "best_of"}:
+    raise SystemExit(f"reproduce: --skip takes rl, shuffled, sft, best_of; got {sorted(skip)}")
+  if "rl" in skip:
+    skip |= {"sft"}            # SFT's budget is the RL run's time
+  n_traj = int(args.trajectories or cfg.eval.trajectories)
   wd = pathlib.Path(args.workdir)
   wd.mkdir(parents=True, exist_ok=True)
   logf = open(wd / "reproduce.log", "a")
@@ -176,39 +411,124 @@ def main(argv=None):
     logf.write(line + "\n")
     logf.flush()
 
-  latent = stage_base(cfg, wd, log)
-  idms = stage_idms(cfg, wd, log)
-  seeds = [int(s) for s in args.rl_seeds.split(",") if s] or list(cfg.eval.seeds)
-  apply_b, params_b = params_of(cfg, wd / "base" / "model")
   h_rl = int(cfg.model.chunk_latents * cfg.rl.max_clip)
   horizons = [h_rl * int(k) for k in cfg.eval.horizons]
-  results, ceiling = {}, {}
-  for i, seed in enumerate(seeds):
-    apply_r, params_r = stage_rl(cfg, wd, latent, idms["reward"], seed, log)
-    clips = E.eval_clips(cfg, seed, int(cfg.eval.trajectories), max(horizons))
-    t = time.time()
-    before = E.rollout(apply_b, params_b, cfg, latent, clips, seed)
-    after = E.rollout(apply_r, params_r, cfg, latent, clips, seed)
-    results[seed] = {"base": E.score(before, clips, idms["judge"], horizons),
-                     "rl": E.score(after, clips, idms["judge"], horizons)}
-    ceiling[seed] = E.judge_on_ground_truth(clips, idms["judge"], horizons)
-    log(f"eval seed {seed}: {time.time() - t:.0f}s; at {horizons[0]} latents fine "
-        f"{results[seed]['base'][horizons[0]]['fine']:.1f} -> {results[seed]['rl'][horizons[0]]['fine']:.1f}")
-    if i == 0:
-      save_gifs(wd, clips.frames, before, after)
-  md = table(results, horizons, ceiling)
+  clean = {b: stage_base(cfg, wd, b, log, args.from_scratch) for b in base_seeds}
+  if not 0.0 <= args.corrupt < 1.0:
+    raise SystemExit(f"reproduce: --corrupt must be in [0, 1), got {args.corrupt}")
+  # the models RL and the baselines start from: the base, or in setting (b) its corrupted version
+  bases = {b: stage_corrupted(cfg, wd, clean[b], b, args.corrupt, log) for b in base_seeds} if args.corrupt else clean
+  idms = stage_idms(cfg, wd, log)
+  clips, renders = stage_eval_set(cfg, wd, args.eval_seed, n_traj, max(horizons), log)
+  gt = E.step_metrics(clips.frames, clips, renders, idms["judge"])
+  ceiling = {h: E.per_trajectory(gt, h) for h in horizons}
+
+  def evaluate(model: dict, checkpoint=None, name=None):
+    return stage_evaluate(name or model["name"], cfg, wd, checkpoint or model["model"], model["latent"], clips, renders,
+                          idms["judge"], args.eval_seed, log)
+
+  # gates, per base seed: capability of the (clean) base, headroom of the model RL starts from
+  gates = {}
+  for b, base in bases.items():
+    m = evaluate(clean[b])
+    prim = J.per_primitive(m["exact"][:, :h_rl - 1], renders)
+    gates[b] = {"exact_1x": 100.0 * float(m["exact"][:, :h_rl - 1].mean()), "per_primitive": prim,
+                "capable": bool(100.0 * m["exact"][:, :h_rl - 1].mean() >= 60.0 and min(prim.values()) >= 40.0)}
+    if args.corrupt:
+      gates[b]["start_exact_1x"] = 100.0 * float(evaluate(base)["exact"][:, :h_rl - 1].mean())
+    if "best_of" not in skip:
+      bo = stage_best_of(cfg, wd, base, b, idms, clips, renders, args.eval_seed, log)
+      hb = S.headroom(bo["score"], bo["exact"])
+      gates[b]["headroom"] = hb
+      gates[b]["headroom_ok"] = bool(hb["best_by_reward"] - hb["mean"] >= 25.0 and hb["within_corr"] >= 0.5)
+    log(f"gates of base seed {b}: " + json.dumps(_rounded(gates[b])))
+
+  per: dict = {}
+
+  def add(method, h, arrays_by_run):
+    per.setdefault(method, {}).setdefault(h, {})
+    for key in arrays_by_run[0]:
+      per[method][h][key] = np.stack([a[key] for a in arrays_by_run])
+
+  runs = [(b, s) for b in base_seeds for s in rl_seeds]
+  base_m = {b: evaluate(bases[b]) for b in base_seeds}
+  for h in horizons:
+    add("base", h, [E.per_trajectory(base_m[b], h) for b, _ in runs])
+    if args.corrupt:
+      add("clean_base", h, [E.per_trajectory(evaluate(clean[b]), h) for b, _ in runs])
+  if "best_of" not in skip:
+    bo = {b: stage_best_of(cfg, wd, bases[b], b, idms, clips, renders, args.eval_seed, log) for b in base_seeds}
+    picks = {b: bo[b]["exact"][bo[b]["score"].argmax(0), np.arange(n_traj)] for b in base_seeds}
+    per.setdefault("best_of", {})[h_rl] = {"exact": np.stack([picks[b] for b, _ in runs])}
+  if not args.gates_only:
+    evals: dict = {k: [] for k in ("rl", "shuffled", "sft", "sft_corrupt")}
+    rl_time = {}
+    for b, s in runs:
+      tag = bases[b]["tag"]
+      for kind in ("rl", "shuffled"):
+        if kind in skip:
+          continue
+        r = stage_rl(cfg, wd, bases[b], idms["reward"], b, s, log, shuffled=kind == "shuffled")
+        rl_time[(b, s)] = rl_time.get((b, s), r["seconds"])
+        evals[kind].append(evaluate(bases[b], r["model"], run_name(kind, b, s, tag)))
+      if "sft" not in skip:
+        for kind, p in (("sft", 0.0), ("sft_corrupt", args.corrupt)):
+          if kind == "sft" or p:
+            r = stage_sft(cfg, wd, bases[b], b, s, rl_time[(b, s)], log, corrupt=p)
+            evals[kind].append(evaluate(bases[b], r["model"], run_name(kind, b, s, tag)))
+    for kind, ms in evals.items():
+      if ms:
+        for h in horizons:
+          add(kind, h, [E.per_trajectory(m, h) for m in ms])
+    if evals["rl"]:
+      save_gifs(wd, (np.clip(clips.frames[:4], 0, 1) * 255).astype(np.uint8), base_m[base_seeds[0]]["frames_head"],
+                evals["rl"][0]["frames_head"])
+  md = table(per, horizons, h_rl, ceiling, int(cfg.study.n_boot))
   total = time.time() - t0
-  cmd = "python benchmarks/reproduce.py" + (" --quick" if args.quick else "") + f" --workdir={args.workdir}"
-  print("\n" + md)
-  print(f"\nRL horizon {h_rl} latents ({cfg.rl.max_clip} clips); seeds {seeds}; "
-        f"{cfg.eval.trajectories} held-out trajectories per seed; wall time {total / 60:.1f} min")
-  print(f"command: {cmd}")
-  (wd / "results.json").write_text(json.dumps({"results": {str(k): v for k, v in results.items()},
-                                               "judge_on_gt": {str(k): v for k, v in ceiling.items()},
-                                               "horizons": horizons, "seconds": total, "command": cmd},
-                                              indent=1, default=str))
-  (wd / "results.md").write_text(md + "\n")
-  return results
+  cmd = ("python benchmarks/reproduce.py" + (" --quick" if args.quick else "") + f" --workdir={args.workdir}"
+         f" --base_seeds={args.base_seeds} --rl_seeds={args.rl_seeds} --eval_seed={args.eval_seed}"
+         + (f" --trajectories={args.trajectories}" if args.trajectories else "")
+         + (" --from_scratch" if args.from_scratch else "") + (f" --skip={args.skip}" if args.skip else "")
+         + (" --gates_only" if args.gates_only else "") + (f" --corrupt={args.corrupt:g}" if args.corrupt else ""))
+  gate_md = ["| base seed | exact @1× (%) | per primitive exact @1× (%) | capable (≥ 60, each ≥ 40) | "
+             "best-of-G by reward − mean | within-group corr | headroom ok (≥ +25, ≥ 0.5) |", "|---|---|---|---|---|---|---|"]
+  for b, gt_ in gates.items():
+    hb = gt_.get("headroom")
+    gate_md.append(f"| {b} | {gt_['exact_1x']:.1f} | " + ", ".join(f"{k} {v:.0f}" for k, v in gt_["per_primitive"].items())
+                   + f" | {'yes' if gt_['capable'] else 'no'} | "
+                   + ("– | – | –" if hb is None else f"{hb['best_by_reward'] - hb['mean']:+.1f} (mean {hb['mean']:.1f}, "
+                      f"oracle {hb['oracle']:.1f}) | {hb['within_corr']:.2f} | {'yes' if gt_['headroom_ok'] else 'no'}")
+                   + " |")
+  if args.corrupt:
+    gate_md.append("\nsetting (b), p = " + f"{args.corrupt:g}: exact @1× of the corrupted start model " +
+                   ", ".join(f"base seed {b} {g_['start_exact_1x']:.1f}" for b, g_ in gates.items()) +
+                   " (headroom measured on it)")
+  text = ("\n".join(gate_md) + "\n\n" + md +
+          f"\n\nRL horizon {h_rl} latents; base seeds {base_seeds} x RL seeds {rl_seeds}; eval seed {args.eval_seed}: "
+          f"{n_traj} held-out trajectories, one noise per trajectory shared by every model; best-of-G with "
+          f"G = {cfg.study.best_of}; wall time {total / 60:.1f} min\ncommand: {cmd}")
+  print("\n" + text)
+  (wd / "results.json").write_text(json.dumps(
+      {"gates": {str(k): v for k, v in gates.items()}, "horizons": horizons, "seconds": total, "command": cmd,
+       "means": {m: {str(h): {k: float(np.mean(v)) for k, v in d.items()} for h, d in hs.items()} for m, hs in per.items()}},
+      indent=1, default=float))
+  (wd / "results.md").write_text(text + "\n")
+  return {"gates": gates, "per": per, "table": md}
+
+
+def commit_base(wd: pathlib.Path, cfg, b: int, command: str) -> pathlib.Path:
+  """Copies a workdir's base model into benchmarks/assets (the committed capable base)."""
+  src = wd / base_dir_name(b)
+  dst = ASSETS / f"synthetic_base_seed{b}"
+  if dst.exists():
+    shutil.rmtree(dst)
+  shutil.copytree(src / "model", dst / "model")
+  shutil.copy(src / "latent.json", dst / "latent.json")
+  shutil.copy(src / "base_metrics.jsonl", dst / "base_metrics.jsonl")
+  meta = json.loads((src / "study.json").read_text()) if (src / "study.json").exists() else {}
+  (dst / "study.json").write_text(json.dumps({"fingerprint": _jsonable(fingerprint(cfg)), "command": command,
+                                              "train": meta.get("train", "")}, indent=1))
+  return dst
 
 
 if __name__ == "__main__":

@@ -39,11 +39,16 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.text = ml_collections.ConfigDict(dict(text_tokens=1000, byt5_tokens=256, vision_tokens=729))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  # chosen with `python -m wc_jax.plan` (docs/performance.md): the 12 candidates and the kept samples
+  # over data=2 (2 divides both 12 and 6), the 16 heads (and the MLP) over tensor=16, the chunk's
+  # tokens over context = the rest (v5p-32: 1, v5p-64: 2, v5p-128: 4); caches split by heads
+  c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=1, context=-1, tensor=16))
 
   # ---- WorldCompass RL (the released training configuration; docs/rl.md sources every value)
+  # 8 trajectories per step = the released run's 8 ranks x 1; a multiple of the process count
+  # (on more than 8 hosts set --config.rl.trajectories_per_step to a multiple of the host count)
   c.rl = ml_collections.ConfigDict(dict(
-      total_steps=100, trajectories_per_step=1, group_size=12, best_of_n=6, curriculum="min2max", max_clip=16,
+      total_steps=100, trajectories_per_step=8, group_size=12, best_of_n=6, curriculum="min2max", max_clip=16,
       fixed_clip=1, rollout_steps=40, shift=5.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0,
       released_v_old=variant == "released",
       std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9,

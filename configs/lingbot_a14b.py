@@ -33,6 +33,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.checkpoint_high = ""     # wc_jax Orbax folder converted from high_noise_model/
   c.model.checkpoint_low = ""      # ... from low_noise_model/
 
+  # the prompt encoder: umT5-XXL (wan/modules/t5.py umt5_xxl, bf16 as the release runs it); prompts ->
+  # DiT context with wc_jax.convert.encoders.umt5_from_config(c.text_encoder) and
+  # wc_jax.models.encoders.umt5.encode_prompts(encoder, tokenizer, prompts, text_len)
+  c.text_encoder = ml_collections.ConfigDict(dict(
+      kind="umt5",
+      checkpoint="",     # the release's models_t5_umt5-xxl-enc-bf16.pth (or a folder from python -m wc_jax.convert)
+      tokenizer="",      # the release's google/umt5-xxl folder (tokenizer.json / spiece.model)
+      text_len=512, dtype="bfloat16", param_dtype="bfloat16",
+      arch=dict(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24,
+                num_buckets=32, shared_pos=False),
+      # wan/configs/shared_config.py sample_neg_prompt (the CFG negative branch)
+      negative_prompt="色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"))
+
   # wc_jax.models.wan_vae.config.WanVAEConfig fields: the released Wan2.1 VAE (z 16, stride 4x8x8;
   # the latent constants default to the released 16-channel ones); float32 as the reference runs it
   c.vae = ml_collections.ConfigDict(dict(
@@ -46,4 +59,14 @@ def get_config() -> ml_collections.ConfigDict:
       latent_channels=16, vae_stride=(4, 8, 8)))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+
+  # ---- WorldCompass RL on LingBot-World (no released numbers: WorldCompass's where they carry over).
+  # The rollout unit is a whole clip; `expert` is the trained one (low: t < boundary). The update
+  # (python -m wc_jax.plan --path=update) holds fp32 master weights, AdamW moments and a policy-EMA
+  # copy (the rollout policy, whose velocity is the NFT loss's v_old).
+  c.rl = ml_collections.ConfigDict(dict(
+      expert="low", group_size=12, best_of_n=6, rollout_steps=40, shift=10.0, sigma_fraction=0.5, beta=1.0,
+      adv_clip=2.0, policy_ema_decay=0.9,
+      curriculum="fixed", fixed_clip=1, max_clip=1))   # bidirectional: one whole clip per trajectory
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-5, weight_decay=1e-4, grad_clip=2.0, b1=0.9, b2=0.999))
   return c

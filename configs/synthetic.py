@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.world = ml_collections.ConfigDict(dict(
       height=24, width=24, focal=0.6, step=0.5, angle_deg=15.0, min_segment=2, max_segment=6,
       max_pitch_deg=30.0, detail=0.0, patch=4, supersample=2, latent_scale="global",
+      lowpass=0,                                       # > 0: keep lowpass^2 DCT frequencies per patch (lossy latent)
       train_scenes=(0, 400), judge_scenes=(20000, 20400), eval_scenes=(10000, 10064),  # [first, last)
       train_clips=1200, train_latents=12, idm_clips=1200))
 
@@ -39,9 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # sigmas with shift 3 (the reference's objective).
   c.base = ml_collections.ConfigDict(dict(
       steps=3000, batch_size=8, lr=1e-3, warmup=100, weight_decay=1e-4, grad_clip=1.0, timestep_shift=3.0,
-      clean_context_prob=0.5, label_noise=0.0, log_every=50, ema_decay=0.995))
-  # label_noise > 0 shows a fraction of chunks another clip's labels (mislabelled data); 0 is the
-  # reference objective.
+      clean_context_prob=0.5, label_noise=0.0, corrupt_poses=False, log_every=50, ema_decay=0.995))
+  # label_noise > 0 shows a fraction of chunks another clip's labels (mislabelled data), with
+  # corrupt_poses its camera poses too (setting (b) of the study); 0 is the reference objective.
 
   # memory 4 + recent 4: chunk n >= 3 sees the first chunk and the 4 latents before it,
   # the positions base training covers (12 latents).
@@ -55,18 +56,28 @@ def get_config() -> ml_collections.ConfigDict:
   c.idm = ml_collections.ConfigDict(dict(widths=(32, 64, 96), hidden=128, steps=500, batch_size=16, lr=2e-3,
                                          reward_seed=1, eval_seed=2))
 
+  # 8 trajectories (groups of G = 12) per step, advantages z-scored with one std pooled over
+  # all 96 candidates ("global"), one update per step: 100 updates, 800 trajectories. (One
+  # group per update made the gradient too noisy to move the policy, and a per-group std
+  # gives groups where no candidate follows the command unit-variance advantages.)
   c.rl = ml_collections.ConfigDict(dict(
-      total_steps=800, trajectories_per_step=1, group_size=12, best_of_n=6, curriculum="min2max", max_clip=2, fixed_clip=1,
+      total_steps=100, trajectories_per_step=8, group_size=12, best_of_n=6, curriculum="min2max", max_clip=2, fixed_clip=1,
       rollout_steps=8, shift=3.0, sigma_fraction=0.5, beta=1.0, adv_clip=2.0, released_v_old=False,
       std_type="global", policy_ema=(0.2, 0.01, 0.9), ckpt_ema_decay=0.9))
-  # One trajectory per trainer step; optax.MultiSteps averages 4 before each update (200
-  # updates). One trajectory per update made the gradient too noisy to move the policy.
   c.optim = ml_collections.ConfigDict(dict(
-      lr=2e-4, weight_decay=1e-4, grad_clip=2.0, grad_accum=4, muon=False, muon_rms=0.2, b1=0.9, b2=0.999))
+      lr=2e-4, weight_decay=1e-4, grad_clip=2.0, grad_accum=1, muon=False, muon_rms=0.2, b1=0.9, b2=0.999))
   c.rewards = ml_collections.ConfigDict()
   c.rewards.weights = ml_collections.ConfigDict(dict(idm=2.0, drift=1.0))
 
-  c.eval = ml_collections.ConfigDict(dict(seeds=(0, 1, 2), trajectories=32, horizons=(1, 2, 4)))
+  # Held-out evaluation (benchmarks/reproduce.py --eval_seed picks the scenes, trajectories and
+  # noises): 64 trajectories at 1x, 2x, 4x the RL horizon.
+  c.eval = ml_collections.ConfigDict(dict(trajectories=64, horizons=(1, 2, 4)))
+  # The study's baselines: best-of-G by reward at inference (G = the RL group size), supervised
+  # fine-tuning on clean ground truth for the RL run's wall time (at most sft_max_steps, lr
+  # sft_lr), n_boot bootstrap draws for the CIs; setting (b) (--corrupt=p) first trains the base
+  # corrupt_steps more steps with labels and poses corrupted for a fraction p of chunks.
+  c.study = ml_collections.ConfigDict(dict(best_of=12, sft_lr=2e-4, sft_max_steps=20000, n_boot=2000,
+                                           corrupt_steps=1000))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=1, async_save=False))
   # profile_steps=(k, n): a jax.profiler trace of steps k..k+n-1 in WORKDIR/profile (n=0: off)
   c.logging = ml_collections.ConfigDict(dict(video_every=0, progress=False, profile_steps=(0, 0)))

@@ -47,3 +47,26 @@ def test_a_layout_that_cannot_follow_the_topology_is_an_error(monkeypatch):
                      r"'fsdp', 'context', 'tensor'\), shape \(1, 2, 1, 4\)\) cannot follow the topology of the 8 "
                      r"TPU v5p devices: cannot map"):
     sharding._device_array({"data": 1, "fsdp": 2, "context": 1, "tensor": 4}, devices)
+
+
+def test_a_mesh_axis_may_split_a_physical_axis_when_nothing_else_fits(monkeypatch):
+  """data=2 x context=2 x tensor=16 on a 4x4x4 slice: no physical axis is 2 long, so one of 4 is split
+  in two (allow_split_physical_axes), and said in the log."""
+  class FakeTpu:
+    platform, device_kind, slice_index = "tpu", "TPU v5p", 0
+
+    def __init__(self, i):
+      self.id = i
+
+  calls = []
+
+  def create(shape, devices=None, allow_split_physical_axes=False, **kw):
+    calls.append(allow_split_physical_axes)
+    if not allow_split_physical_axes:
+      raise AssertionError("logical axis of size 2 with remaining assignable mesh [0, 0, 4]")
+    return np.asarray(devices).reshape(shape)
+
+  monkeypatch.delenv("MEGASCALE_NUM_SLICES", raising=False)
+  monkeypatch.setattr(mesh_utils, "create_device_mesh", create)
+  arr = sharding._device_array({"data": 2, "fsdp": 1, "context": 2, "tensor": 16}, [FakeTpu(i) for i in range(64)])
+  assert arr.shape == (2, 1, 2, 16) and calls == [False, True]

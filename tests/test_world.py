@@ -19,7 +19,7 @@ def micro_config():
   c.model.update(dict(hidden_size=32, heads=2, depth=1, rope_dims=(4, 6, 6), refiner_depth=1))
   c.sampling.update(dict(steps=2, latent_height=4, latent_width=4))
   c.idm.update(dict(widths=(16, 32), hidden=64, batch_size=16, lr=3e-3))
-  c.rl.update(dict(total_steps=1, group_size=4, best_of_n=2, rollout_steps=2, max_clip=2))
+  c.rl.update(dict(total_steps=1, trajectories_per_step=1, group_size=4, best_of_n=2, rollout_steps=2, max_clip=2))
   return c
 
 

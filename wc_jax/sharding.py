@@ -9,10 +9,19 @@ that says which mesh axis each logical axis is split over. The mesh axes are
 * fsdp    - batch rows AND parameter shards (ZeRO-3 style);
 * context - sequence (token) parallelism for long videos;
 * tensor  - model (head / MLP) parallelism.
+
+No silent replication of activations: `constrain` splits an activation as the rules say or
+says why not. An axis of size 1 (a conditioning shared by a batch, a batch-1 cache) has nothing
+to split and is replicated by rule; any other axis that a mesh axis does not divide is logged
+once (tensor, logical axis, sizes) and replicated, or, inside `strict_activations()` (what
+`python -m wc_jax.plan` compiles under), an error naming them. Parameters that do not divide
+keep their fallback (the dimension replicated), logged once per parameter shape.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import logging
 import os
 from typing import Iterable, Sequence
 
@@ -23,11 +32,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
+log = logging.getLogger("wc_jax.sharding")
+
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", "context"),
+    # keys/values a query attends to (and the K/V caches' token axis): whole on every chip; the
+    # queries are split over `context` (sequence-parallel attention all-gathers the chunk's K/V)
     ("activation_kv_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
@@ -127,6 +140,13 @@ def _device_array(sizes: dict[str, int], devices: list) -> np.ndarray:
     return np.asarray(devices).reshape(shape)
   try:
     return mesh_utils.create_device_mesh(shape, devices=devices)
+  except Exception:   # e.g. data=2 x context=2 on a 4x4x4 slice: split one physical axis of 4 into 2 x 2
+    pass
+  try:
+    arr = mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
+    log.info("mesh %s: laid out by splitting physical axes of the %d %s devices", sizes, len(devices),
+             devices[0].device_kind)
+    return arr
   except Exception as e:
     raise ValueError(f"mesh {sizes} (axes {MESH_AXES}, shape {tuple(shape)}) cannot follow the topology of the "
                      f"{len(devices)} {devices[0].device_kind} devices: {e}. Choose axis sizes that split the "
@@ -170,8 +190,16 @@ def named_sharding(mesh: Mesh, logical_axes) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(logical_axes, mesh=mesh))
 
 
+def activation_sharding(mesh: Mesh, logical_axes, shape, name: str = "") -> NamedSharding:
+  """Where an activation-like input lives (candidates, kept samples, caches): the rules' split,
+  with `check_spec`'s decision (rule, log or error) for an axis the mesh does not divide."""
+  spec = check_spec(logical_to_spec(logical_axes, mesh=mesh), tuple(shape), mesh, logical_axes, name)
+  return NamedSharding(mesh, spec)
+
+
 def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Drops mesh axes that do not divide the dimension they would split."""
+  """Drops mesh axes that do not divide the dimension they would split (parameters and other
+  placements that may legitimately not divide; activations go through `check_spec`)."""
   out = []
   for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     if entry is None:
@@ -185,6 +213,75 @@ def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
         size *= mesh.shape[a]
     out.append(None if not keep else (keep[0] if len(keep) == 1 else tuple(keep)))
   return P(*out)
+
+
+class UnsplittableAxisError(ValueError):
+  """An activation axis that the sharding rules split over mesh axes that do not divide it."""
+
+
+_STRICT = contextvars.ContextVar("wc_jax_strict_activations", default=False)
+_RECORD = contextvars.ContextVar("wc_jax_replication_record", default=None)
+_LOGGED: set = set()
+
+
+@contextlib.contextmanager
+def record_replication():
+  """Collects, as a list of messages, every activation replicated (not split as the rules say)
+  while tracing inside the block: `plan` reports them as `replicated_activations`."""
+  out: list[str] = []
+  token = _RECORD.set(out)
+  try:
+    yield out
+  finally:
+    _RECORD.reset(token)
+
+
+@contextlib.contextmanager
+def strict_activations(on: bool = True):
+  """Inside this block an activation that cannot be split as the rules say is an error
+  (`UnsplittableAxisError`) instead of a logged replication. `plan` compiles under it."""
+  token = _STRICT.set(on)
+  try:
+    yield
+  finally:
+    _STRICT.reset(token)
+
+
+def _mesh_sizes(mesh) -> dict:
+  return dict(mesh.shape)
+
+
+def check_spec(spec: P, shape: tuple[int, ...], mesh, logical_axes=None, name: str = "") -> P:
+  """`spec` with every mesh axis that does not divide its dimension removed, and a decision for
+  each removal: a dimension of size 1 is replicated by rule (nothing to split); any other is
+  logged once (or raised inside `strict_activations()`), naming the tensor, the logical axis,
+  the dimension and the mesh axes."""
+  fitted = fit_spec(spec, shape, mesh)
+  sizes = _mesh_sizes(mesh)
+  names = tuple(logical_axes) if logical_axes is not None else (None,) * len(shape)
+  names = names + (None,) * (len(shape) - len(names))
+  for i, (dim, want, got) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape), tuple(fitted) + (None,) * len(shape))):
+    if want == got or dim == 1:
+      continue
+    want_t = (want,) if isinstance(want, str) else tuple(want)
+    got_t = () if got is None else (got,) if isinstance(got, str) else tuple(got)
+    dropped = [a for a in want_t if a not in got_t]
+    split = int(np.prod([sizes[a] for a in want_t]))
+    what = name or "activation"
+    msg = (f"{what} {tuple(shape)}: logical axis {names[i]!r} (dimension {i}, size {dim}) cannot be split over "
+           f"mesh axes {want_t} = {split} ways ({', '.join(f'{a}={sizes[a]}' for a in want_t)}); "
+           f"{dropped} would leave it replicated on every chip of {dropped}. Choose mesh sizes that divide {dim} "
+           f"(e.g. --config.mesh.data / fsdp / context) or a batch that the data axes divide")
+    if _STRICT.get():
+      raise UnsplittableAxisError(msg)
+    rec = _RECORD.get()
+    if rec is not None and msg not in rec:
+      rec.append(msg)
+    key = (what, tuple(shape), tuple(sorted(sizes.items())), i)
+    if key not in _LOGGED:
+      _LOGGED.add(key)
+      log.warning("replicated: %s", msg)
+  return fitted
 
 
 def logical_axes_of(variable) -> tuple | None:
@@ -215,18 +312,28 @@ def state_shardings(state, mesh: Mesh):
       value = x.get_value() if hasattr(x, "get_value") else x.value
       if not jax.tree.leaves(value):   # e.g. an optimizer partition that masked this parameter out
         return x
-    shape = getattr(value, "shape", ())
+    shape = tuple(getattr(value, "shape", ()))
     spec = logical_to_spec(names, mesh=mesh) if names else P()
-    return NamedSharding(mesh, fit_spec(spec, tuple(shape), mesh))
+    fitted = fit_spec(spec, shape, mesh)
+    if tuple(x for x in fitted if x is not None) != tuple(x for x in spec if x is not None):
+      # a parameter dimension the mesh axis does not divide: replicated, said once
+      key = ("param", names, shape, tuple(sorted(dict(mesh.shape).items())))
+      if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.info("parameter %s %s: spec %s does not divide its shape on mesh %s; using %s", names, shape, spec,
+                 dict(mesh.shape), fitted)
+    return NamedSharding(mesh, fitted)
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def constrain(x: jax.Array, logical_axes) -> jax.Array:
-  """with_sharding_constraint by logical names; a no-op outside a mesh context."""
+def constrain(x: jax.Array, logical_axes, name: str = "") -> jax.Array:
+  """with_sharding_constraint by logical names; a no-op outside a mesh context. An axis the
+  mesh cannot split as the rules say is replicated with a logged line, or an error inside
+  `strict_activations()` (see `check_spec`)."""
   mesh = current_mesh()
   if mesh is None or mesh.empty:
     return x
-  spec = fit_spec(logical_to_spec(logical_axes, mesh=mesh), x.shape, mesh)
+  spec = check_spec(logical_to_spec(logical_axes, mesh=mesh), tuple(x.shape), mesh, logical_axes, name)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 

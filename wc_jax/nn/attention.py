@@ -15,6 +15,10 @@ Backends:
                 the portable choice for long sequences and TPU AOT planning);
   * "cudnn"     jax.nn.dot_product_attention(implementation="cudnn") on GPU (bf16/fp16);
   * "splash"    Pallas splash attention on TPU (the chunk structure becomes a static mask).
+
+On a mesh, splash (always) and the XLA kernels (when the mesh has a `context` axis) run under
+shard_map with the queries split over `context`, batch over the data axes and heads over
+`tensor`; every chip holds all keys and values (sequence-parallel attention, all-gather K/V).
 """
 from __future__ import annotations
 
@@ -59,14 +63,66 @@ def attention(q, k, v, mask: Mask | None = None, *, impl: str = "xla", block_kv:
     raise ValueError(f"attention shape mismatch: q{q.shape} k{k.shape} v{v.shape}")
   mask = mask or Mask()
   if impl == "xla":
-    return _xla(q, k, v, mask)
+    return _sequence_parallel(_xla, q, k, v, mask)
   if impl == "xla_flash":
-    return _xla_flash(q, k, v, mask, block_kv)
+    return _sequence_parallel(lambda q, k, v, m: _xla_flash(q, k, v, m, block_kv), q, k, v, mask)
   if impl == "cudnn":
     return _cudnn(q, k, v, mask)
   if impl == "splash":
     return _sharded(_splash, q, k, v, mask)
   raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
+
+
+def _context_size(mesh) -> int:
+  return int(dict(mesh.shape).get("context", 1)) if mesh is not None else 1
+
+
+def _sequence_parallel(fn, q, k, v, mask):
+  """The XLA kernels: auto-partitioned by XLA, except on a mesh with a `context` axis, where the
+  queries are split over it explicitly (`_sharded`), so that no chip attends for all of them."""
+  from wc_jax import sharding
+  mesh = sharding.current_mesh()
+  if _context_size(mesh) > 1 and mask.q_chunk is None:
+    return _sharded(fn, q, k, v, mask)
+  return fn(q, k, v, mask)
+
+
+def _sharded(fn, q, k, v, mask):
+  """Runs a per-device kernel under jax.shard_map on the current mesh (Mosaic kernels cannot be
+  auto-partitioned): batch over the data axes, heads over `tensor`, and the queries over
+  `context` (sequence-parallel attention: the keys and values, whole on every chip, are
+  all-gathered from their token shards by the shard_map's input layout). A chunk-causal mask
+  (static per query position) keeps the queries whole, said once in the log."""
+  from wc_jax import sharding
+  mesh = sharding.current_mesh()
+  if mesh is None:
+    return fn(q, k, v, mask)
+  seq = "activation_length" if mask.q_chunk is None else None
+  if seq is None and _context_size(mesh) > 1:
+    sharding.log.warning("attention with a chunk-causal mask runs whole query sequences on each of the %d "
+                         "context chips (q %s)", _context_size(mesh), tuple(q.shape))
+  q_axes = ("activation_batch", seq, "activation_heads", None)
+  k_axes = ("activation_batch", "activation_kv_length", "activation_heads", None)
+  qspec = sharding.check_spec(sharding.logical_to_spec(q_axes, mesh=mesh), tuple(q.shape), mesh, q_axes,
+                              "attention queries")
+  kspec = sharding.check_spec(sharding.logical_to_spec(k_axes, mesh=mesh), tuple(k.shape), mesh, k_axes,
+                              "attention keys")
+  if (qspec[0], qspec[2]) != (kspec[0], kspec[2]):   # (a batch-1 key side: split neither)
+    both = lambda a, b: a if a == b else None
+    qspec = P(both(qspec[0], kspec[0]), qspec[1], both(qspec[2], kspec[2]), None)
+    kspec = P(qspec[0], kspec[1], qspec[2], None)
+  qv = mask.q_valid if mask.q_valid is not None else jnp.ones(q.shape[:2], bool)
+  kvv = mask.kv_valid if mask.kv_valid is not None else jnp.ones(k.shape[:2], bool)
+  if kvv.shape[0] != k.shape[0]:
+    kvv = jnp.broadcast_to(kvv, k.shape[:2])
+  if qv.shape[0] != q.shape[0]:
+    qv = jnp.broadcast_to(qv, q.shape[:2])
+
+  def local(q, k, v, qv, kvv):
+    return fn(q, k, v, Mask(kv_valid=kvv, q_valid=qv, q_chunk=mask.q_chunk, kv_chunk=mask.kv_chunk))
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(qspec, kspec, kspec, P(*qspec[:2]), P(*kspec[:2])),
+                       out_specs=qspec, check_vma=False)(q, k, v, qv, kvv)
 
 
 def _xla(q, k, v, mask):
@@ -142,29 +198,6 @@ def _cudnn(q, k, v, mask):
     any_visible = jnp.any(m, axis=-1)[:, 0, :, None, None]
     out = jnp.where(any_visible, out, 0)
   return out
-
-
-def _sharded(fn, q, k, v, mask):
-  """Runs a per-device kernel under jax.shard_map on the current mesh: batch over the data
-  axes, heads over `tensor`, sequences whole (Mosaic kernels cannot be auto-partitioned)."""
-  from wc_jax import sharding
-  mesh = sharding.current_mesh()
-  if mesh is None:
-    return fn(q, k, v, mask)
-  bspec = sharding.fit_spec(sharding.logical_to_spec(("activation_batch", None, "activation_heads", None), mesh=mesh),
-                        q.shape, mesh)
-  kspec = sharding.fit_spec(bspec, k.shape, mesh)
-  bspec = P(*[bspec[0] if kspec[0] == bspec[0] else None, None,
-              bspec[2] if kspec[2] == bspec[2] else None, None])
-  mspec = P(bspec[0], None)
-  qv = mask.q_valid if mask.q_valid is not None else jnp.ones(q.shape[:2], bool)
-  kvv = mask.kv_valid if mask.kv_valid is not None else jnp.ones(k.shape[:2], bool)
-
-  def local(q, k, v, qv, kvv):
-    return fn(q, k, v, Mask(kv_valid=kvv, q_valid=qv, q_chunk=mask.q_chunk, kv_chunk=mask.kv_chunk))
-
-  return jax.shard_map(local, mesh=mesh, in_specs=(bspec, bspec, bspec, mspec, mspec), out_specs=bspec,
-                       check_vma=False)(q, k, v, qv, kvv)
 
 
 def _splash(q, k, v, mask):

@@ -38,9 +38,12 @@ from wc_jax.rl import programs, root
 
 _CONFIG = cli.config_flag("configs/hunyuan8b.py")
 _TOPOLOGY = cli.string_flag("topology", "v5p:2x2x4", "TPU topology name, e.g. v5p:2x2x2, v5e:4x4, v6e:2x4")
-_PATH = cli.string_flag("path", "ar", "what to plan: ar | full | rollout | update")
+_PATH = cli.string_flag("path", "ar", "what to plan: ar | full | rollout | update | rewards (the reward stage) | "
+                        "denoise (LingBot-World; with a lingbot config also update)")
 _BATCH = cli.string_flag("batch", "0", "global batch (default: one row per data-parallel group)")
 _JSON = cli.string_flag("json", "", "also write the figures to this JSON file")
+_STRICT = cli.flag("bool", "strict", False, "an activation the mesh cannot split is an error, not a logged "
+                   "replication")
 
 HBM_GIB = {"v5p": 95.74, "v5e": 16.0, "v5litepod": 16.0, "v6e": 31.25, "v4": 32.0}
 PEAK_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v6e": 918.0, "v4": 275.0}   # bf16, per chip
@@ -99,8 +102,7 @@ def input_shardings(inputs, mesh):
     nd = len(x.shape)
     if nd == 0:
       return NamedSharding(mesh, P())
-    return NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",) + (None,) * (nd - 1),
-                                                                        mesh=mesh), x.shape, mesh))
+    return sharding.activation_sharding(mesh, ("activation_batch",) + (None,) * (nd - 1), x.shape, "input")
   out = jax.tree.map(spec, inputs)
   # caches carry the layer axis first: batch is axis 1 (text) / 2 (vision), tokens over `context`
   if "text_cache" in inputs:
@@ -130,9 +132,23 @@ def make_step(apply, path: str, causal: bool = True):
 
 
 PATHS = ("ar", "full", "rollout", "update")
+STAGE_PATHS = ("rewards", "denoise")   # wc_jax/plan/stages.py: the reward stage; LingBot-World (denoise, update)
 
 
-def plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
+def plan(cfg, topology: str, path: str = "ar", batch: int = 0, strict: bool = False) -> dict:
+  """Compiles `path` for `topology` and reports memory, work and placement. Activations the mesh
+  cannot split as the rules say are listed in `replicated_activations` (each also logged), or,
+  with `strict`, an error naming the first (`sharding.UnsplittableAxisError`)."""
+  with sharding.record_replication() as replicated, sharding.strict_activations(strict):
+    out = _plan(cfg, topology, path, batch)
+  out["replicated_activations"] = list(replicated)
+  return out
+
+
+def _plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
+  if path in STAGE_PATHS or cfg.get("family", "worldplay") == "lingbot":
+    from wc_jax.plan import stages as plan_stages
+    return plan_stages.plan(cfg, topology, path)
   if path not in PATHS:
     raise run_config.ConfigError("--path", path, f"must be one of {PATHS}")
   run_config.validate(cfg, required=run_config.PLAN_SECTIONS + (("rl", "optim") if path in ("rollout", "update")
@@ -325,14 +341,29 @@ def hlo_costs(text: str) -> dict:
   comps, entry = _parse_hlo(text)
   consts = {}
   for line in text.splitlines():
-    m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = s(?:32|64)\[\]\S* constant\((-?\d+)\)", line)
+    m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = [su](?:32|64)\[\]\S* constant\((-?\d+)\)", line)
     if m:
       consts[m.group(1)] = int(m.group(2))
   shapes = {n: t for instrs in comps.values() for n, t, *_ in instrs}
   unknown_loops = []
   memo = {}
 
-  def trip(cond_name, attrs):
+  def step(cond, body, ops) -> int:
+    """The induction variable's increment: 1, or k where XLA unrolled the loop k times (the
+    windowed collective matmuls of a `tensor` split count `i += 2` up to N)."""
+    idx = next((re.search(r"index=(\d+)", a) for n, t, op, oo, a in cond
+                if op == "get-tuple-element" and n in ops), None)
+    root = next((i for i in comps.get(body, ()) if i[2] == "tuple"), None) if idx else None
+    if root is None or int(idx.group(1)) >= len(root[3]):
+      return 1
+    out = root[3][int(idx.group(1))]
+    for n, t, op, oo, a in comps.get(body, ()):
+      if n == out and op == "add":
+        inc = [consts[o] for o in oo if o in consts]
+        return max(1, inc[0]) if len(inc) == 1 else 1
+    return 1
+
+  def trip(cond_name, attrs, body=""):
     m = re.search(r'"known_trip_count":\{"n":"(\d+)"', attrs)
     if m:
       return int(m.group(1))
@@ -341,7 +372,7 @@ def hlo_costs(text: str) -> dict:
       if op == "compare" and "direction=LT" in a or op == "fusion" and "compare" in n:
         hits = [consts[o] for o in ops if o in consts]
         if len(hits) == 1:
-          return hits[0]
+          return -(-hits[0] // step(cond, body, ops))
     scalars = [consts[n] for n, *_ in cond if n in consts]
     if len(scalars) == 1:
       return scalars[0]
@@ -368,7 +399,10 @@ def hlo_costs(text: str) -> dict:
       elif op == "custom-call" and re.search(r"splash|mha|flash|attention", name + attrs, re.I):
         # QK^T + PV of a dense [B,H,S,D] x [B,H,K,D] pair = 4BHSKD; the backward kernels redo QK^T:
         # dq = 3 matmuls, dkv = 4. Block-sparse masks are ignored (an upper bound for causal masks).
-        four = [s for _, s in _arrays(attrs.partition("operand_layout_constraints=")[2]) if len(s) == 4]
+        ops_ = [s for d, s in _arrays(attrs.partition("operand_layout_constraints=")[2]) if d in ("bf16", "f16", "f32")]
+        four = [s for s in ops_ if len(s) == 4]
+        if len(four) < 2:   # a kernel called per batch row (in a loop): [H, S, D] operands
+          four = [(1,) + s for s in ops_ if len(s) == 3]
         if len(four) >= 2:
           (b, h, s, d), kk = four[0], four[1][2]
           pairs = 2.0 if "dkv" in name else 1.5 if "dq" in name else 1.0
@@ -376,7 +410,7 @@ def hlo_costs(text: str) -> dict:
       if not fused and op not in _NO_TRAFFIC:
         traffic += _nbytes(typ) + sum(_nbytes(shapes.get(o, "")) for o in ops)
       if op == "while":
-        n = trip(called.get("condition", ""), attrs)
+        n = trip(called.get("condition", ""), attrs, called["body"])
         sub = visit(called["body"], False)
         dot, kernel, traffic = dot + n * sub[0], kernel + n * sub[1], traffic + n * sub[2]
       elif op == "fusion" and "calls" in called:
@@ -467,12 +501,16 @@ def _cache_specs(tree, shardings=None) -> dict:
 
 def summary(r: dict) -> str:
   """One line: the replication, the roofline bound and the caches' placement."""
+  if r.get("stage"):
+    from wc_jax.plan import stages as plan_stages
+    return plan_stages.summary(r)
   c, roof, caches = r["compiled_per_chip"], r["roofline_seconds"], r["caches_per_chip"]
   sharded = sum(v["sharded"] for v in caches.values())
   return (f"{r['path']} on {r['topology']} ({r['chips']} chips): {r['per_chip_gib']['total']} GiB/chip "
           f"(fits: {r['fits']}); compiled {c['tflop']} TFLOP/chip vs analytic {r['analytic_tflop_per_chip']} "
           f"-> replication {r['replication']} ({r['remat']}); roofline >= {roof['lower_bound']} s "
-          f"({roof['bound']}-bound); K/V caches sharded: {sharded}/{len(caches)}")
+          f"({roof['bound']}-bound); K/V caches sharded: {sharded}/{len(caches)}; replicated activations: "
+          f"{len(r.get('replicated_activations', []))}")
 
 
 TABLE_HEADER = ("| topology | chips | path | GiB/chip | fits | analytic TFLOP/chip | compiled TFLOP/chip | matmul | "
@@ -494,7 +532,7 @@ def table_row(r: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-  out = plan(_CONFIG(), _TOPOLOGY(), _PATH(), int(_BATCH()))
+  out = plan(_CONFIG(), _TOPOLOGY(), _PATH(), int(_BATCH()), strict=bool(_STRICT()))
   print(json.dumps(out, indent=2))
   print(summary(out))
   if _JSON():
@@ -502,6 +540,3 @@ def main(argv):
       json.dump(out, f, indent=2)
   return 0
 
-
-if __name__ == "__main__":
-  cli.run(main)

@@ -234,3 +234,30 @@ def _prepare(rewards, weight_items, std_type, best_of_n, normalize_weights, eps,
   else:
     kept = best_of_n_mask(combined, best_of_n, reference_ranks_per_group=reference_ranks_per_group)
   return GrpoInputs(advs, means, stds, combined, kept)
+
+
+def shuffle_within_groups(rewards: Mapping[str, jax.Array], key: jax.Array) -> dict:
+  """The shuffled-reward control: every group's candidates get the rewards of a random
+  permutation of the group (one permutation per group, shared by all rewards, so each
+  candidate keeps a coherent reward vector that belongs to another candidate).
+
+  Training on these keeps the advantage statistics and the update's size but removes any
+  link between a candidate and its reward, so whatever an RL run gains over this control
+  comes from the reward's information, not from the mechanics of the update.
+
+  Args:
+    rewards: name -> [P,G] rewards.
+    key: a JAX PRNG key.
+
+  Returns:
+    name -> [P,G] permuted rewards.
+  """
+  if not rewards:
+    raise ValueError("shuffle_within_groups: no rewards given")
+  shapes = {k: _checks.shape_of(v) for k, v in rewards.items()}
+  if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
+    raise ValueError(f"shuffle_within_groups: all rewards must share one [P,G] shape, got {shapes}")
+  p, g = next(iter(shapes.values()))
+  perm = jax.vmap(lambda k: jax.random.permutation(k, g))(jax.random.split(key, p))     # [P,G]
+  return {k: jnp.take_along_axis(jnp.asarray(v), perm, axis=1) for k, v in rewards.items()}
+

@@ -79,13 +79,14 @@ def update_program(cfg, apply, params_like, mesh) -> UpdateProgram:
   return UpdateProgram(tx, param_shardings, st_shard, fn)
 
 
-def kv_sharding(x, mesh, vision: bool = False, leading: int = 0) -> NamedSharding:
+def kv_sharding(x, mesh, vision: bool = False, leading: int = 0, name: str = "K/V cache") -> NamedSharding:
   """A cache's K or V: (`leading` unsplit axes, e.g. the update's trajectory axis,) layer axis,
-  then (vision: the RoPE/PRoPE branch,) batch over the data axes, tokens over `context`, heads
-  over `tensor`."""
-  logical = ("layers",) + ((None,) if vision else ()) + ("activation_batch", "activation_length", "activation_heads",
-                                                         None)
-  spec = sharding.fit_spec(sharding.logical_to_spec(logical, mesh=mesh), x.shape[leading:], mesh)
+  then (vision: the RoPE/PRoPE branch,) batch over the data axes (a batch-1 cache, shared by
+  the candidates, is whole by rule), tokens whole (`activation_kv_length`: every query shard
+  attends to all of them), heads over `tensor`."""
+  logical = ("layers",) + ((None,) if vision else ()) + ("activation_batch", "activation_kv_length",
+                                                         "activation_heads", None)
+  spec = sharding.activation_sharding(mesh, logical, x.shape[leading:], name).spec
   return NamedSharding(mesh, P(*((None,) * leading), *spec))
 
 
@@ -96,16 +97,19 @@ def rollout_engine(cfg, apply) -> ClipRolloutEngine:
 
 
 def batch_shardings(batch: UpdateBatch, mesh) -> UpdateBatch:
-  """Where the update's inputs live: the caches (leading trajectory axis, then batch 1) with
-  their layer/token axes split as the model's rules say, everything else replicated."""
+  """Where the update's inputs live: the kept samples of each trajectory over the data axes,
+  the caches (leading trajectory axis, then batch 1) with their heads split as the model's
+  rules say, everything else (small) replicated."""
   rep = NamedSharding(mesh, P())
   tc, vc = batch.text_cache, batch.ctx
-  text = TextCache(kv_sharding(tc.k, mesh, leading=1), kv_sharding(tc.v, mesh, leading=1),
-                   jax.tree.map(lambda _: rep, tc.mask))
-  ctx = None if vc is None else VisionCache(kv_sharding(vc.k, mesh, vision=True, leading=1),
-                                            kv_sharding(vc.v, mesh, vision=True, leading=1),
+  text = TextCache(kv_sharding(tc.k, mesh, leading=1, name="text cache K"),
+                   kv_sharding(tc.v, mesh, leading=1, name="text cache V"), jax.tree.map(lambda _: rep, tc.mask))
+  ctx = None if vc is None else VisionCache(kv_sharding(vc.k, mesh, vision=True, leading=1, name="context cache K"),
+                                            kv_sharding(vc.v, mesh, vision=True, leading=1, name="context cache V"),
                                             jax.tree.map(lambda _: rep, vc.valid), jax.tree.map(lambda _: rep, vc.frames))
-  return UpdateBatch(rep, rep, rep, rep, rep, rep, text, ctx, rep)
+  x0 = sharding.activation_sharding(mesh, (None, "activation_batch"), batch.x0.shape[:2], "kept samples x0").spec
+  x0 = NamedSharding(mesh, P(*x0))
+  return UpdateBatch(x0, rep, rep, rep, rep, rep, text, ctx, rep)
 
 
 def place_batch(batch: UpdateBatch, mesh) -> UpdateBatch:

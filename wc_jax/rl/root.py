@@ -165,14 +165,15 @@ def lowerable(run: RLRun, path: str):
   lat = (c, chunk, s.latent_height, s.latent_width)
   rep = NamedSharding(mesh, P())
   tc, vc = one["text_cache"], one["ctx"]
-  text_shard = TextCache(programs.kv_sharding(tc.k, mesh), programs.kv_sharding(tc.v, mesh), rep)
-  ctx_shard = VisionCache(programs.kv_sharding(vc.k, mesh, vision=True), programs.kv_sharding(vc.v, mesh, vision=True),
-                          rep, rep)
+  text_shard = TextCache(programs.kv_sharding(tc.k, mesh, name="text cache K"),
+                         programs.kv_sharding(tc.v, mesh, name="text cache V"), rep)
+  ctx_shard = VisionCache(programs.kv_sharding(vc.k, mesh, vision=True, name="context cache K"),
+                          programs.kv_sharding(vc.v, mesh, vision=True, name="context cache V"), rep, rep)
   if path == "rollout":
     g = rl.group_size
     args = (run.params, sds((g,) + lat, jnp.float32), sds((1, c + 1) + lat[1:], jnp.float32), one["action"],
             one["viewmats"], one["Ks"], tc, vc, sds((rl.rollout_steps + 1,), jnp.float32))
-    cand = NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(("activation_batch",), mesh=mesh), (g,), mesh))
+    cand = sharding.activation_sharding(mesh, ("activation_batch",), (g,), "rollout candidates")
     shard = (run.update.param_shardings, cand, rep, rep, rep, rep, text_shard, ctx_shard, rep)
     return run.engine.denoise_program, programs.abstract(args, shard), g * rl.rollout_steps
   if path != "update":

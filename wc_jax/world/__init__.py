@@ -5,4 +5,6 @@ data        commanded trajectories and ground-truth clips of the synthetic world
 base_train  the tiny WorldPlay DiT trained with the reference's base objective
 reward      IDM training and the reward stage the RL trainer calls
 evaluate    batched AR rollouts, action accuracy by an independent IDM, quality
+judge       render-and-compare judge (no learned weights), PSNR / SSIM
+stats       paired bootstrap CIs, best-of-G headroom numbers
 """

@@ -36,7 +36,8 @@ def world_config(cfg) -> D.WorldConfig:
   w = cfg.world
   return D.WorldConfig(height=w.height, width=w.width, focal=w.focal, step=w.step, angle_deg=w.angle_deg,
                        min_segment=w.min_segment, max_segment=w.max_segment, max_pitch_deg=w.max_pitch_deg,
-                       supersample=int(w.get("supersample", 1)), detail=float(w.get("detail", 1.0)))
+                       supersample=int(w.get("supersample", 1)), detail=float(w.get("detail", 1.0)),
+                       patch=int(w.patch), lowpass=int(w.get("lowpass", 0)))
 
 
 def scene_range(pair) -> range:
@@ -63,10 +64,12 @@ def chunk_sigmas(key, batch: int, chunks: int, shift: float):
 
 
 def make_loss(apply, mcfg, *, shift: float, clean_context_prob: float, context_timestep: float,
-              label_noise: float = 0.0):
+              label_noise: float = 0.0, corrupt_poses: bool = False):
   """The base objective. `label_noise`: probability that a chunk is shown the action labels
   of another clip of the batch (mislabelled data, as when labels come from a pose
-  estimator); the model then follows its labels only part of the time."""
+  estimator). A base follows the camera poses more than the labels, so labels alone do not
+  make it follow less; `corrupt_poses` shows the wrong chunks that clip's camera poses too
+  (labels AND poses wrong, as with estimated poses), which does."""
   chunk = mcfg.chunk_latents
   if not 0.0 <= label_noise < 1.0:
     raise ValueError(f"make_loss: label_noise must be in [0, 1), got {label_noise}")
@@ -79,6 +82,8 @@ def make_loss(apply, mcfg, *, shift: float, clean_context_prob: float, context_t
     if label_noise > 0.0:
       wrong = jnp.repeat(jax.random.uniform(k_lab, (b, n)) < label_noise, chunk, axis=1)   # [B, T]
       action = jnp.where(wrong, jnp.roll(action, 1, axis=0), action)
+      if corrupt_poses:
+        w2c = jnp.where(wrong[:, :, None, None], jnp.roll(w2c, 1, axis=0), w2c)
     sig = chunk_sigmas(k_sig, b, n, shift)                                   # [B, n]
     # clean-context samples: chunks < k are clean context at the context timestep
     clean = jax.random.uniform(k_mode, (b,)) < clean_context_prob
@@ -117,8 +122,15 @@ def save_params(params, out: pathlib.Path, cfg, extra: dict | None = None) -> No
                                              **(extra or {})})
 
 
-def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None = None, log=print) -> dict:
-  """Trains the base model; writes workdir/{latent.json, model/, base_metrics.jsonl}. Returns a summary."""
+def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None = None, log=print,
+          init: str | None = None, lr: float | None = None, latent: PatchLatent | None = None,
+          seconds: float | None = None) -> dict:
+  """Trains the base model; writes workdir/{latent.json, model/, base_metrics.jsonl}. Returns a summary.
+
+  `init` (a DiT checkpoint) with `latent` (its latent map) continues training a model instead
+  of starting from scratch (the supervised fine-tuning baseline of the study; the raw weights
+  are saved, no EMA); `lr` overrides `base.lr`; `seconds` stops training after that much wall
+  time (compilation included), the equal-compute budget of a baseline."""
   wd = pathlib.Path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
   bc, w = cfg.base, cfg.world
@@ -128,16 +140,25 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   if clips is None:
     clips = load_or_make_clips(wd / "train_clips.npz", w.train_clips, w.train_latents, scene_range(w.train_scenes),
                                cfg.seed * 100000, wcfg)
-  latent = PatchLatent(w.patch).fitted(clips.frames[: min(256, len(clips.frames))], scale=w.get("latent_scale", "channel"))
+  if latent is None:
+    latent = PatchLatent(w.patch, keep=int(w.get("lowpass", 0))).fitted(clips.frames[: min(256, len(clips.frames))],
+                                                                          scale=w.get("latent_scale", "channel"))
   (wd / "latent.json").write_text(json.dumps(latent.to_dict()))
   x0_all = np.asarray(latent.encode(clips.frames))                          # [N, C, T, h, w]
   t_data = time.time() - t0
   mcfg = from_config(cfg.model)
   model = WorldPlayDiT(mcfg, rngs=nnx.Rngs(cfg.seed))
   apply, params = functional(model)
+  if init:
+    from wc_jax.convert.common import load_orbax
+    from wc_jax.models.worldplay.model import load_params
+    load_params(model, load_orbax(init)[0])
+    apply, params = functional(model)
   loss_fn = make_loss(apply, mcfg, shift=float(bc.timestep_shift), clean_context_prob=float(bc.clean_context_prob),
-                      context_timestep=float(mcfg.context_timestep), label_noise=float(bc.get("label_noise", 0.0)))
-  sched = optax.warmup_cosine_decay_schedule(0.0, bc.lr, min(bc.warmup, max(1, steps // 5)), max(steps, 2), bc.lr * 0.1)
+                      context_timestep=float(mcfg.context_timestep), label_noise=float(bc.get("label_noise", 0.0)),
+                      corrupt_poses=bool(bc.get("corrupt_poses", False)))
+  peak = float(bc.lr if lr is None else lr)
+  sched = optax.warmup_cosine_decay_schedule(0.0, peak, min(bc.warmup, max(1, steps // 5)), max(steps, 2), peak * 0.1)
   tx = optax.chain(optax.clip_by_global_norm(bc.grad_clip), optax.adamw(sched, weight_decay=bc.weight_decay))
   opt_state = tx.init(params)
   ema = jax.tree.map(jnp.array, params)
@@ -161,6 +182,9 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   metrics = open(wd / "base_metrics.jsonl", "w")
   t1 = time.time()
   for s in range(1, steps + 1):
+    if seconds is not None and s > 1 and time.time() - t1 >= seconds:
+      steps = s - 1
+      break
     idx = rng.choice(len(x0_all), bc.batch_size, replace=False)
     key, sub = jax.random.split(key)
     params, opt_state, ema, loss, gn = step_fn(params, opt_state, ema, jnp.asarray(x0_all[idx]),
@@ -174,9 +198,10 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
       metrics.flush()
       log(f"base step {s}/{steps} loss {rec['loss']:.4f} ({rec['time']:.0f}s)")
   metrics.close()
+  steps = len(hist)
   if steps > 0:
     # EMA weights early in a short run are mostly the random init: use them only once warm.
-    final = ema if steps >= 5 / (1 - bc.ema_decay) else params
+    final = ema if steps >= 5 / (1 - bc.ema_decay) and not init else params
     save_params(final, wd / "model", cfg, {"steps": steps})
   return {"losses": hist, "time_data": t_data, "time_train": time.time() - t1, "latent": latent}
 

@@ -18,6 +18,7 @@ import numpy as np
 from wc_jax.data import synthetic_world as sw
 from wc_jax.data import trajectories as T
 from wc_jax.rl.rollout import TrainingExample
+from wc_jax.world.latent import PatchLatent
 
 # (forward, backward, right, left, yaw sign, pitch sign) per primitive, with weights.
 PRIMITIVES = {
@@ -42,6 +43,8 @@ class WorldConfig:
   max_pitch_deg: float = 18.0     # pitch turns back before exceeding this
   supersample: int = 1            # s x s rays per pixel (anti-aliasing: distant checkers stay smooth)
   detail: float = 1.0             # surface-texture strength of the scenes (synthetic_world.make_scene)
+  patch: int = 4                  # latent patch; with lowpass > 0 the frames keep only the
+  lowpass: int = 0                # lowpass x lowpass lowest DCT frequencies of each patch (latent.PatchLatent.keep)
 
 
 def intrinsics(cfg: WorldConfig) -> np.ndarray:
@@ -80,9 +83,16 @@ def _pixel_k(cfg: WorldConfig) -> np.ndarray:
 
 def render(scene_seed: int, tr: T.Trajectory, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
   """Ground-truth frames [L, H, W, 3] float32 in [0, 1], one per latent pose."""
-  scene = sw.make_scene(int(scene_seed), detail=cfg.detail)
-  return sw.render(scene, tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg),
-                   supersample=cfg.supersample).frames
+  return render_poses(sw.make_scene(int(scene_seed), detail=cfg.detail), tr.c2w, cfg)
+
+
+def render_poses(scene, c2w, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
+  """Frames [F, H, W, 3] of a built scene at camera-to-world poses [F, 4, 4]: what the
+  world's ground truth is (low-passed like the latent when `cfg.lowpass`)."""
+  frames = sw.render(scene, c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg), supersample=cfg.supersample).frames
+  if cfg.lowpass:
+    frames = np.clip(PatchLatent(cfg.patch, keep=cfg.lowpass).lowpass(frames), 0.0, 1.0)
+  return frames
 
 
 def conditioning(model_cfg, text_cfg, seed: int = 0) -> dict:
@@ -118,8 +128,7 @@ def make_clips(num: int, num_latents: int, scene_seeds, trajectory_seed: int,
     if s not in cache:
       cache[s] = sw.make_scene(int(s), detail=cfg.detail)
     tr = random_trajectory(trajectory_seed + i, num_latents, cfg)
-    frames.append(sw.render(cache[s], tr.c2w, cfg.height, cfg.width, intrinsics=intrinsics(cfg),
-                            supersample=cfg.supersample).frames)
+    frames.append(render_poses(cache[s], tr.c2w, cfg))
     actions.append(tr.actions)
     w2c.append(tr.w2c)
     scenes.append(s)

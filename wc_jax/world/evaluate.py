@@ -23,6 +23,7 @@ import numpy as np
 from wc_jax.inference import RETRIEVAL_POINTS, ChunkEngine, i2v_condition
 from wc_jax.actions import split_action
 from wc_jax.world import data as D
+from wc_jax.world import judge as J
 from wc_jax.world.base_train import encode_text_tokens, scene_range, world_config
 from wc_jax.world.reward import predicted_actions, sharpness
 
@@ -117,3 +118,39 @@ def score(frames: np.ndarray, clips: D.Clips, judge, horizons) -> dict:
 def judge_on_ground_truth(clips: D.Clips, judge, horizons) -> dict:
   """The judge's own accuracy on the ground-truth videos: the ceiling of the table."""
   return score(clips.frames, clips, judge, horizons)
+
+
+def step_metrics(frames: np.ndarray, clips: D.Clips, renders: J.CandidateRenders, idm=None) -> dict:
+  """Per-trajectory, per-step numbers of generated frames [N, L, H, W, 3] (the study's cache
+  format): render-and-compare judge `exact` / `fine` [N, S] (steps 1..S of the renders), the
+  IDM judge's `idm_exact` [N, L-1] when `idm` is given, `psnr` / `ssim` to the ground truth
+  and detail `q_gen` / `q_gt` [N, L]."""
+  pred, best = J.judge(frames, renders)
+  s = pred.shape[1]
+  want = clips.actions[:, 1:s + 1]
+  pt, pr = split_action(pred)
+  wt, wr = split_action(want)
+  out = {"exact": (pred == want).astype(np.float32),
+         "fine": (0.5 * (pt == wt) + 0.5 * (pr == wr)).astype(np.float32),
+         "judged": best.astype(np.int16),
+         "psnr": J.psnr(frames, clips.frames).astype(np.float32),
+         "ssim": J.ssim(frames, clips.frames).astype(np.float32),
+         "q_gen": np.asarray(sharpness(jnp.asarray(frames)), np.float32),
+         "q_gt": np.asarray(sharpness(jnp.asarray(clips.frames)), np.float32)}
+  if idm is not None:
+    out["idm_exact"] = (np.asarray(predicted_actions(idm, jnp.asarray(frames))) == clips.actions[:, 1:]).astype(np.float32)
+  return out
+
+
+def per_trajectory(m: dict, horizon: int) -> dict:
+  """metric -> [N] per-trajectory values over latents 1..horizon-1 of `step_metrics` output
+  (detail: the trajectory's Q(generated) / Q(ground truth))."""
+  k = horizon - 1
+  if k < 1 or k > m["exact"].shape[1]:
+    raise ValueError(f"per_trajectory: horizon {horizon} needs steps 1..{k}; have {m['exact'].shape[1]}")
+  out = {name: 100.0 * m[name][:, :k].mean(1) for name in ("exact", "fine", "idm_exact") if name in m}
+  out["psnr"] = m["psnr"][:, 1:horizon].mean(1)
+  out["ssim"] = m["ssim"][:, 1:horizon].mean(1)
+  out["detail"] = m["q_gen"][:, 1:horizon].mean(1) / np.maximum(m["q_gt"][:, 1:horizon].mean(1), 1e-6)
+  return out
+

@@ -8,6 +8,11 @@ are invertible, so decode(encode(x)) == x up to float32 rounding.
 
 One latent frame is one video frame (no temporal compression): the synthetic
 world renders one frame per commanded latent pose.
+
+`keep` < patch keeps only the k x k lowest DCT frequencies of each patch (C = 3 k^2): a
+lossy latent, like a VAE's, that drops the fine detail a small model renders as noise.
+Encoding is then a projection; `lowpass(frames)` is the round trip, the world that latent
+sees exactly (decode(encode(lowpass(x))) == lowpass(x)).
 """
 from __future__ import annotations
 
@@ -28,14 +33,17 @@ def dct_matrix(n: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class PatchLatent:
-  """frames [..., F, H, W, 3] in [0, 1] <-> latents [..., C, F, H/p, W/p], C = 3 p^2."""
+  """frames [..., F, H, W, 3] in [0, 1] <-> latents [..., C, F, H/p, W/p], C = 3 k^2 (k = keep or p)."""
   patch: int = 4
   mean: tuple = ()     # per-channel statistics (empty: 0 and 1)
   std: tuple = ()
+  keep: int = 0        # k x k lowest DCT frequencies per patch and colour (0: all, exactly invertible)
 
   def __post_init__(self):
     if self.patch < 1:
       raise ValueError(f"PatchLatent: patch must be >= 1, got {self.patch}")
+    if not 0 <= self.keep <= self.patch:
+      raise ValueError(f"PatchLatent: keep must be in [0, patch={self.patch}], got {self.keep}")
     for name in ("mean", "std"):
       v = getattr(self, name)
       if v and len(v) != self.channels:
@@ -45,12 +53,18 @@ class PatchLatent:
 
   @property
   def channels(self) -> int:
-    return 3 * self.patch * self.patch
+    k = self.keep or self.patch
+    return 3 * k * k
 
   def _basis(self) -> np.ndarray:
-    """[C, C] orthonormal: a 2-D DCT of each colour plane, channels ordered colour-major."""
-    d = dct_matrix(self.patch)
-    return np.kron(np.eye(3), np.kron(d, d)).astype(np.float32)
+    """[C, 3 p^2] orthonormal rows: a 2-D DCT of each colour plane, channels ordered
+    colour-major, only the frequencies (u, v) < keep."""
+    p, k = self.patch, self.keep or self.patch
+    d = dct_matrix(p)
+    full = np.kron(np.eye(3), np.kron(d, d))
+    u, v = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    rows = np.tile(((u < k) & (v < k)).reshape(-1), 3)
+    return full[rows].astype(np.float32)
 
   def _stats(self):
     c = self.channels
@@ -68,7 +82,7 @@ class PatchLatent:
     n = len(lead)
     x = x.reshape(*lead, f, h // p, p, w // p, p, 3)
     x = jnp.transpose(x, tuple(range(n + 2)) + (n + 3, n + 5, n + 2, n + 4))   # [..., F, h, w, 3, p, p]
-    x = x.reshape(*lead, f, h // p, w // p, self.channels) @ jnp.asarray(self._basis()).T
+    x = x.reshape(*lead, f, h // p, w // p, 3 * p * p) @ jnp.asarray(self._basis()).T
     return jnp.moveaxis(x, -1, -4)                                 # [..., C, F, h, w]
 
   def encode(self, frames):
@@ -101,16 +115,24 @@ class PatchLatent:
     isotropic in pixel space and the loss weights a frequency by how much it shows)."""
     if scale not in ("channel", "global"):
       raise ValueError(f"PatchLatent.fitted: scale must be 'channel' or 'global', got {scale!r}")
-    z = np.asarray(PatchLatent(self.patch)._raw(frames))
+    z = np.asarray(PatchLatent(self.patch, keep=self.keep)._raw(frames))
     z = np.moveaxis(z, -4, 0).reshape(self.channels, -1)
     std = np.maximum(z.std(1), 1e-2)
     if scale == "global":
       std = np.full_like(std, np.sqrt(np.mean(z.var(1))))
-    return PatchLatent(self.patch, tuple(float(v) for v in z.mean(1)), tuple(float(v) for v in std))
+    return PatchLatent(self.patch, tuple(float(v) for v in z.mean(1)), tuple(float(v) for v in std), self.keep)
+
+  def lowpass(self, frames) -> np.ndarray:
+    """frames [..., F, H, W, 3] -> the frames this latent represents exactly (unclipped round
+    trip; `frames` themselves when keep is 0)."""
+    if not self.keep or self.keep == self.patch:
+      return np.asarray(frames, np.float32)
+    bare = PatchLatent(self.patch, keep=self.keep)
+    return np.asarray(bare.decode(bare._raw(frames), clip=False), np.float32)
 
   def to_dict(self) -> dict:
-    return {"patch": self.patch, "mean": list(self.mean), "std": list(self.std)}
+    return {"patch": self.patch, "mean": list(self.mean), "std": list(self.std), "keep": self.keep}
 
   @classmethod
   def from_dict(cls, d: dict) -> "PatchLatent":
-    return cls(int(d["patch"]), tuple(d.get("mean", ())), tuple(d.get("std", ())))
+    return cls(int(d["patch"]), tuple(d.get("mean", ())), tuple(d.get("std", ())), int(d.get("keep", 0)))

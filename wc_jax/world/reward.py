@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from wc_jax.models import idm as idm_lib
+from wc_jax.rewards.advantages import shuffle_within_groups
 from wc_jax.rewards.idm import idm_reward
 from wc_jax.rewards.stage import RewardStage
 
@@ -123,3 +124,24 @@ def make_reward_stage(latent, idm, weights: dict) -> RewardStage:
   fns = {"idm": lambda frames, window: idm_reward(frames, window.actions, idm),
          "drift": lambda frames, window: drift_reward(frames, window.first_frame)}
   return RewardStage(decode=decode, rewards={k: fns[k] for k in weights}, weights={k: float(v) for k, v in weights.items()})
+
+
+class ShuffledRewardStage:
+  """The shuffled-reward control run: a reward stage whose scores are permuted within
+  each group (`rewards.advantages.shuffle_within_groups`) before the trainer sees them.
+  Same rollouts, rewards, advantage statistics and update size as the real run; no link
+  between a candidate and its reward. Deterministic in (seed, call count)."""
+
+  def __init__(self, stage: RewardStage, seed: int):
+    self.stage, self.seed, self.calls = stage, int(seed), 0
+
+  def __getattr__(self, name):
+    return getattr(self.stage, name)
+
+  def __call__(self, *args, **kwargs):
+    scores, frames = self.stage(*args, **kwargs)
+    key = jax.random.fold_in(jax.random.key(self.seed), self.calls)
+    self.calls += 1
+    shuffled = shuffle_within_groups({k: jnp.asarray(v)[None] for k, v in scores.items()}, key)
+    return {k: v[0] for k, v in shuffled.items()}, frames
+

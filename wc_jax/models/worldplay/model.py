@@ -205,7 +205,12 @@ class DoubleStreamBlock(nnx.Module):
 
   # -- pieces
   def _mods(self, stream: str, vec):
-    return jnp.split(getattr(self, f"{stream}_mod")(jax.nn.silu(vec)), 6, axis=-1)
+    # the six modulation vectors whole on every `tensor` chip (tiny: [B, T, C] each): left to
+    # propagation, their split of the 6C output slices C unevenly and the projections they
+    # gate get partitioned around it (a 4x repeat of the attention projection on 16 chips)
+    mods = jnp.split(getattr(self, f"{stream}_mod")(jax.nn.silu(vec)), 6, axis=-1)
+    axes = ("activation_batch",) + (None,) * (vec.ndim - 1)
+    return [constrain(m, axes, f"{stream} modulation") for m in mods]
 
   def _qkv(self, stream: str, x, shift, scale, frames):
     h = self.cfg.heads
@@ -214,7 +219,8 @@ class DoubleStreamBlock(nnx.Module):
     q, k, v = (einops.rearrange(t, "b l (h d) -> b l h d", h=h) for t in (q, k, v))
     q = getattr(self, f"{stream}_attn_q_norm")(q)
     k = getattr(self, f"{stream}_attn_k_norm")(k)
-    return constrain(q, _ACT_HEADS), constrain(k, _ACT_HEADS), constrain(v, _ACT_HEADS)
+    return (constrain(q, _ACT_HEADS, f"{stream} q"), constrain(k, _ACT_HEADS, f"{stream} k"),
+            constrain(v, _ACT_HEADS, f"{stream} v"))
 
   def _mlp_out(self, stream, x, shift, scale, gate, frames):
     y = getattr(self, f"{stream}_mlp")(_modulate(_layer_norm(x), shift, scale, frames))
@@ -255,7 +261,7 @@ class DoubleStreamBlock(nnx.Module):
     txt_out = out[:, :lt].reshape(txt.shape[0], lt, -1)
     txt = txt + _gate(self.txt_attn_proj(txt_out), tm[2], 1)
     txt = self._mlp_out("txt", txt, tm[3], tm[4], tm[5], 1)
-    return constrain(img, _ACT), constrain(txt, _ACT)
+    return constrain(img, _ACT, "image tokens"), constrain(txt, _ACT, "text tokens")
 
   def text_only(self, txt, vec_txt, txt_mask):
     """AR text pass: text attends to text; returns the new txt and its (K, V)."""
@@ -296,15 +302,19 @@ class DoubleStreamBlock(nnx.Module):
     keys.append(self_k)
     vals.append(self_v)
     valid.append(jnp.ones((b, s), bool) if self_valid is None else self_valid)
-    k_all = jnp.concatenate(keys, axis=2).reshape((2 * b,) + (-1,) + ik.shape[2:])
-    v_all = jnp.concatenate(vals, axis=2).reshape((2 * b,) + (-1,) + iv.shape[2:])
-    kv_valid = jnp.tile(jnp.concatenate(valid, axis=1), (2, 1))
-    q_all = jnp.concatenate([iq, pq], axis=0)
+    # the RoPE and PRoPE branches as 2H heads, head h's two branches side by side ([2, B, L, H, D]
+    # -> [B, L, 2H, D]): the batch and the `tensor` split of the heads stay as they are
+    heads = lambda x: jnp.moveaxis(x, 0, 3).reshape(x.shape[1:3] + (2 * x.shape[3], x.shape[4]))
+    k_all = heads(jnp.concatenate(keys, axis=2))
+    v_all = heads(jnp.concatenate(vals, axis=2))
+    kv_valid = jnp.concatenate(valid, axis=1)
+    q_all = constrain(heads(jnp.stack([iq, pq])), _ACT_HEADS, "vision queries")
     out = attention(q_all, k_all, v_all, Mask(kv_valid=kv_valid), impl=cfg.attention_impl,
                     block_kv=cfg.attention_block_kv)
-    img = self._img_attn_out(img, out[:b], out[b:], p, im[2], frames)
+    out = out.reshape(out.shape[:2] + (out.shape[2] // 2, 2, out.shape[3]))
+    img = self._img_attn_out(img, out[..., 0, :], out[..., 1, :], p, im[2], frames)
     img = self._mlp_out("img", img, im[3], im[4], im[5], frames)
-    return constrain(img, _ACT), (self_k, self_v)
+    return constrain(img, _ACT, "image tokens"), (self_k, self_v)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -362,7 +372,7 @@ class WorldPlayDiT(nnx.Module):
   def _patchify(self, x):
     pt, ph, pw = self.cfg.patch_size
     tokens = einops.rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
-    return constrain(self.img_in(tokens.astype(self.cfg.compute_dtype)), _ACT)
+    return constrain(self.img_in(tokens.astype(self.cfg.compute_dtype)), _ACT, "image tokens")
 
   def _unpatchify(self, x, t, h, w):
     pt, ph, pw = self.cfg.patch_size
@@ -415,7 +425,7 @@ class WorldPlayDiT(nnx.Module):
     tokens = jnp.take_along_axis(tokens, order[..., None], axis=1)
     mask = jnp.take_along_axis(mask, order, axis=1)
     tokens = jnp.where(mask[..., None], tokens, 0).astype(cfg.compute_dtype)
-    return TextTokens(constrain(tokens, _ACT), mask, vec_txt)
+    return TextTokens(constrain(tokens, _ACT, "text tokens"), mask, vec_txt)
 
   # -- call path (a): full forward
   def forward(self, hidden_states, timestep, text: TextTokens, *, action=None, viewmats=None, Ks=None,
