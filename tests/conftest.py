@@ -36,3 +36,20 @@ def load_config(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+class DictSource:
+  """A converter TensorSource over an in-memory dict of arrays (fixture weights, edited to test
+  the converters' errors)."""
+
+  def __init__(self, tensors):
+    self.t = tensors
+
+  def keys(self):
+    return list(self.t)
+
+  def shape(self, k):
+    return tuple(self.t[k].shape)
+
+  def get(self, k):
+    return self.t[k]

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import DictSource
+
 from wc_jax.convert.common import ConversionError, TensorSource
 from wc_jax.convert.encoders import (ByT5KeyError, QwenTextKeyError, SiglipKeyError, byt5, qwen25vl_text,
                                      siglip)
@@ -86,22 +88,6 @@ def test_qwen_expected_keys_checkpoint_prefix(enc_dir):
   assert "model.layers.27.mlp.down_proj.weight" in keys and keys["model.embed_tokens.weight"] == (152064, 3584)
 
 
-class _Dict:
-  """A TensorSource over a dict (edited fixture weights)."""
-
-  def __init__(self, tensors):
-    self.t = tensors
-
-  def keys(self):
-    return list(self.t)
-
-  def shape(self, k):
-    return tuple(self.t[k].shape)
-
-  def get(self, k):
-    return self.t[k]
-
-
 def _tensors(path):
   from safetensors.numpy import load_file
   return load_file(str(path / "weights.safetensors"))
@@ -135,13 +121,13 @@ def test_byt5_converter_accepts_glyph_and_hf_layouts(enc_dir):
   path = enc_dir / "byt5"
   cfg = json.loads((path / "config.json").read_text())["tiny_t5_config"]
   t = _tensors(path)
-  _, ref = byt5.torch_to_params(_Dict(t), cfg)
+  _, ref = byt5.torch_to_params(DictSource(t), cfg)
   glyph = {"module.text_tower.encoder." + k: v for k, v in t.items()}
-  _, p1 = byt5.torch_to_params(_Dict(glyph), cfg)
+  _, p1 = byt5.torch_to_params(DictSource(glyph), cfg)
   hf = {("shared.weight" if k == "embed_tokens.weight" else "encoder." + k): v for k, v in t.items()}
   hf["decoder.final_layer_norm.weight"] = t["final_layer_norm.weight"]
   hf["lm_head.weight"] = t["embed_tokens.weight"]
-  _, p2 = byt5.torch_to_params(_Dict(hf), cfg)
+  _, p2 = byt5.torch_to_params(DictSource(hf), cfg)
   for p in (p1, p2):
     np.testing.assert_array_equal(p["blocks"]["q"]["kernel"], ref["blocks"]["q"]["kernel"])
     np.testing.assert_array_equal(p["embed_tokens"], ref["embed_tokens"])
@@ -157,15 +143,15 @@ def test_converter_named_errors(enc_dir, sub, conv, err):
   victim = sorted(k for k in t if ".1." in k and k.endswith("weight"))[0]
   missing = {k: v for k, v in t.items() if k != victim}
   with pytest.raises(err, match=re.escape(victim)) as e:
-    conv.torch_to_params(_Dict(missing), cfg)
+    conv.torch_to_params(DictSource(missing), cfg)
   assert "missing keys" in str(e.value) and isinstance(e.value, ConversionError)
   bad = dict(t)
   bad[victim] = np.zeros(t[victim].shape[:-1] + (t[victim].shape[-1] + 1,), np.float32)
   with pytest.raises(err, match="shape mismatches"):
-    conv.torch_to_params(_Dict(bad), cfg)
+    conv.torch_to_params(DictSource(bad), cfg)
   extra = dict(t, **{"something.else.weight": np.zeros(3, np.float32)})
   with pytest.raises(err, match="unexpected keys.*something.else.weight"):
-    conv.torch_to_params(_Dict(extra), cfg)
+    conv.torch_to_params(DictSource(extra), cfg)
 
 
 def test_siglip_converter_ignores_text_tower_and_handles_no_head(enc_dir):
@@ -174,9 +160,9 @@ def test_siglip_converter_ignores_text_tower_and_handles_no_head(enc_dir):
   t = _tensors(path)
   full = dict(t, **{"text_model.embeddings.token_embedding.weight": np.zeros((4, 2), np.float32),
                     "logit_scale": np.zeros((1,), np.float32)})
-  mc, _ = siglip.torch_to_params(_Dict(full), cfg)
+  mc, _ = siglip.torch_to_params(DictSource(full), cfg)
   assert mc["vision_use_head"]
-  mc, params = siglip.torch_to_params(_Dict({k: v for k, v in t.items() if ".head." not in k}), cfg)
+  mc, params = siglip.torch_to_params(DictSource({k: v for k, v in t.items() if ".head." not in k}), cfg)
   assert not mc["vision_use_head"] and "head" not in params
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import DictSource, load_config
 from wc_jax.convert import kinds, registry
 from wc_jax.convert.common import ConversionError, TensorSource
 from wc_jax.convert.encoders import (UMT5KeyError, convert_umt5, load_umt5, load_umt5_tokenizer, umt5,
@@ -41,22 +41,6 @@ def tokenizer(fdir):
   pytest.importorskip("tokenizers", reason="the umT5 tokenizer.json needs the `tokenizers` package")
   pytest.importorskip("ftfy", reason="the reference's prompt cleaning needs ftfy")
   return load_umt5_tokenizer(fdir / "tokenizer")
-
-
-class _Dict:
-  """A TensorSource over an in-memory dict."""
-
-  def __init__(self, tensors):
-    self.t = tensors
-
-  def keys(self):
-    return list(self.t)
-
-  def shape(self, k):
-    return tuple(self.t[k].shape)
-
-  def get(self, k):
-    return self.t[k]
 
 
 def _tensors(fdir):
@@ -221,22 +205,22 @@ def test_converter_named_errors(fdir, fcfg):
   t = _tensors(fdir)
   victim = "blocks.1.pos_embedding.embedding.weight"
   with pytest.raises(UMT5KeyError, match=re.escape(victim)) as e:
-    umt5.torch_to_params(_Dict({k: v for k, v in t.items() if k != victim}), fcfg)
+    umt5.torch_to_params(DictSource({k: v for k, v in t.items() if k != victim}), fcfg)
   assert "missing keys (1)" in str(e.value) and isinstance(e.value, ConversionError)
   # a shared-position-bias (T5) layout is named as unexpected, not silently used
   shared = dict(t, **{"pos_embedding.embedding.weight": t["blocks.0.pos_embedding.embedding.weight"]})
   with pytest.raises(UMT5KeyError, match=r"unexpected keys \(1\).*'pos_embedding.embedding.weight'"):
-    umt5.torch_to_params(_Dict(shared), fcfg)
+    umt5.torch_to_params(DictSource(shared), fcfg)
   bad = dict(t, **{"blocks.0.ffn.fc1.weight": np.zeros((65, 32), np.float32)})
   with pytest.raises(UMT5KeyError, match=r"shape mismatches.*blocks.0.ffn.fc1.weight: checkpoint \(65, 32\)"):
-    umt5.torch_to_params(_Dict(bad), fcfg)
+    umt5.torch_to_params(DictSource(bad), fcfg)
   with pytest.raises(UMT5KeyError, match="no token_embedding.weight"):
-    umt5.torch_to_params(_Dict({k: v for k, v in t.items() if k != "token_embedding.weight"}), fcfg)
+    umt5.torch_to_params(DictSource({k: v for k, v in t.items() if k != "token_embedding.weight"}), fcfg)
   with pytest.raises(UMT5KeyError, match="dim_attn 50 is not a multiple of num_heads 4"):
     umt5.model_config(dict(fcfg["reference_args"], dim_attn=50))
   # the full-size default against the tiny file: every layer-shape mismatch reported at once
   with pytest.raises(UMT5KeyError, match=r"missing keys \(220\)"):
-    umt5.torch_to_params(_Dict(t), None)
+    umt5.torch_to_params(DictSource(t), None)
 
 
 def test_tokenizer_errors(tmp_path):
