@@ -26,32 +26,33 @@ def test_jaxpr_flops_counts_scans_convolutions_and_drops_dead_code():
   assert n == 7 * 2 * 8 * 16 * 16 + 2 * (2 * 8 * 8 * 5) * (3 * 3 * 3)
 
 
-def test_hlo_text_normalised_for_the_kernel_and_loop_readers():
+def test_hlo_costs_reads_unsigned_trip_counts_and_batch_one_kernels():
+  """plan.hlo_costs reads the compiled text as XLA writes it: a loop bounded by a u32 constant
+  (XLA's windowed collective-matmul loops) runs its trips, and a splash kernel called per batch
+  row ([heads, seq, dim] operands) is counted as batch 1."""
   from wc_jax import plan
-  from wc_jax.plan import stages as plan_stages
-  kernel = ('  %splash_mha_dq.1 = f32[2,128,32]{2,1,0} custom-call(%a, %b), custom_call_target="tpu_custom_call", '
-            'operand_layout_constraints={f32[2,128,32]{2,1,0}, f32[2,256,32]{2,1,0}}, frontend_attributes={x}')
-  out = plan_stages._batch_one_kernel(kernel)
-  assert "{f32[1,2,128,32]{3,2,1,0}, f32[1,2,256,32]{3,2,1,0}}, frontend_attributes={x}" in out
 
-  class Compiled:   # a loop of 5 trips whose bound is a u32 constant, as XLA's windowed einsums write it
-    def as_text(self):
-      return "\n".join([
-          "%cond (p: (u32[], f32[4,4])) -> pred[] {", "  %p = (u32[], f32[4,4]) parameter(0)",
-          "  %i = u32[] get-tuple-element(%p), index=0", "  %n = u32[] constant(5)",
-          "  ROOT %lt = pred[] compare(%i, %n), direction=LT", "}",
-          "%body (q: (u32[], f32[4,4])) -> (u32[], f32[4,4]) {", "  %q = (u32[], f32[4,4]) parameter(0)",
-          "  %x = f32[4,4] get-tuple-element(%q), index=1",
-          "  %d = f32[4,4] dot(%x, %x), lhs_contracting_dims={1}, rhs_contracting_dims={0}",
-          "  %j = u32[] get-tuple-element(%q), index=0",
-          "  ROOT %t = (u32[], f32[4,4]) tuple(%j, %d)", "}",
-          "ENTRY %main (a: (u32[], f32[4,4])) -> (u32[], f32[4,4]) {", "  %a = (u32[], f32[4,4]) parameter(0)",
-          "  ROOT %w = (u32[], f32[4,4]) while(%a), condition=%cond, body=%body", "}"])
+  loop = "\n".join([   # a loop of 5 trips whose bound is a u32 constant, as XLA's windowed einsums write it
+      "%cond (p: (u32[], f32[4,4])) -> pred[] {", "  %p = (u32[], f32[4,4]) parameter(0)",
+      "  %i = u32[] get-tuple-element(%p), index=0", "  %n = u32[] constant(5)",
+      "  ROOT %lt = pred[] compare(%i, %n), direction=LT", "}",
+      "%body (q: (u32[], f32[4,4])) -> (u32[], f32[4,4]) {", "  %q = (u32[], f32[4,4]) parameter(0)",
+      "  %x = f32[4,4] get-tuple-element(%q), index=1",
+      "  %d = f32[4,4] dot(%x, %x), lhs_contracting_dims={1}, rhs_contracting_dims={0}",
+      "  %j = u32[] get-tuple-element(%q), index=0",
+      "  ROOT %t = (u32[], f32[4,4]) tuple(%j, %d)", "}",
+      "ENTRY %main (a: (u32[], f32[4,4])) -> (u32[], f32[4,4]) {", "  %a = (u32[], f32[4,4]) parameter(0)",
+      "  ROOT %w = (u32[], f32[4,4]) while(%a), condition=%cond, body=%body", "}"])
+  costs = plan.hlo_costs(loop)
+  assert costs["matmul_flops"] == 5 * 2 * 4 * 4 * 4 and costs["unknown_trip_loops"] == []
 
-  raw = plan.hlo_costs(Compiled().as_text())
-  fixed = plan.hlo_costs(plan_stages._UnsignedTrips(Compiled()).as_text())
-  assert fixed["matmul_flops"] == 5 * 2 * 4 * 4 * 4 and fixed["unknown_trip_loops"] == []
-  assert raw["matmul_flops"] in (2 * 4 * 4 * 4, fixed["matmul_flops"])   # plan.hlo_costs alone: read once
+  kernel = "\n".join([
+      "ENTRY %main (a: f32[2,128,32], b: f32[2,256,32]) -> f32[2,128,32] {",
+      "  %a = f32[2,128,32]{2,1,0} parameter(0)", "  %b = f32[2,256,32]{2,1,0} parameter(1)",
+      '  ROOT %splash_mha_dq.1 = f32[2,128,32]{2,1,0} custom-call(%a, %b), custom_call_target="tpu_custom_call", '
+      "operand_layout_constraints={f32[2,128,32]{2,1,0}, f32[2,256,32]{2,1,0}}, frontend_attributes={x}", "}"])
+  # dq kernel: 1.5 x the 4*B*H*S*K*D of a dense QK^T + PV, with B = 1, H = 2, S = 128, K = 256, D = 32
+  assert plan.hlo_costs(kernel)["attention_kernel_flops"] == 1.5 * 4 * 1 * 2 * 128 * 256 * 32
 
 
 @pytest.fixture(scope="module")

@@ -43,14 +43,19 @@ LingBot-World: a config with family = "lingbot" (configs/lingbot_tiny.py, lingbo
 to `generate_lingbot` (wc_jax.inference.lingbot: two experts, UniPC + CFG, the Wan2.1 VAE):
 
     python -m wc_jax.generate --config=configs/lingbot_tiny.py --image=first.png \\
-        --actions="w-4, right-4" --states=umt5.npz --out=video.mp4
+        --prompt="a walk along a stone path" --actions="w-4, right-4" --out=video.mp4
     python -m wc_jax.generate --config=configs/lingbot_a14b.py --image=first.png --poses=poses.npy \\
-        --intrinsics=intrinsics.npy --frames=81 --states=umt5.npz --out=video.mp4
+        --intrinsics=intrinsics.npy --frames=81 --prompt="..." --out=video.mp4 \\
+        --config.text_encoder.checkpoint=models_t5_umt5-xxl-enc-bf16.pth \\
+        --config.text_encoder.tokenizer=google/umt5-xxl
 
-  --states is an .npz of umT5 outputs (text_states, negative_states; the encoder is not ported),
-  the camera the reference's poses.npy / intrinsics.npy or our action strings
-  (`poses_from_actions`), the weights the config's model.checkpoint_low/high and vae.checkpoint
-  (random full-size weights are refused without --allow_random_weights / --random_conditioning).
+  --prompt and the config's text_encoder.negative_prompt (or --negative_prompt) go through the
+  config's umT5 encoder (text_encoder section: `umt5_from_config`, `umt5.encode_prompts`), which
+  is dropped before the experts are built; or --states is an .npz of umT5 outputs (text_states,
+  negative_states). The camera is the reference's poses.npy / intrinsics.npy or our action
+  strings (`poses_from_actions`), the weights the config's model.checkpoint_low/high and
+  vae.checkpoint (random full-size weights are refused without --allow_random_weights /
+  --random_conditioning).
 """
 from __future__ import annotations
 
@@ -118,9 +123,10 @@ _POSES = _flag("string", "poses", "", "LingBot: camera-to-world poses [N, 4, 4] 
 _INTRINSICS = _flag("string", "intrinsics", "", "LingBot: intrinsics [N or 1, 4] fx, fy, cx, cy at 480x832 (.npy)")
 _ALLOW_RANDOM = _flag("bool", "allow_random_weights", False,
                       "LingBot: run a full-size config on random weights when checkpoints are missing")
-_PROMPT = _flag("string", "prompt", "", "text prompt, encoded by the JAX encoders (--text_encoder, --byt5, --siglip)")
-_NEG_PROMPT = _flag("string", "negative_prompt", None, "negative prompt for --guidance > 1 (default: the "
-                    "reference's empty prompt)")
+_PROMPT = _flag("string", "prompt", "", "text prompt, encoded by the JAX encoders (WorldPlay: --text_encoder, --byt5, "
+                "--siglip; LingBot: the config's umT5 text_encoder section)")
+_NEG_PROMPT = _flag("string", "negative_prompt", None, "negative prompt for CFG (WorldPlay: with --guidance > 1, "
+                    "default the reference's empty prompt; LingBot: default text_encoder.negative_prompt)")
 _TEXT_ENCODER = _flag("string", "text_encoder", "", "Qwen2.5-VL(-7B-Instruct) folder (reference layout or wc_jax Orbax)")
 _BYT5 = _flag("string", "byt5", "", "ByT5 / Glyph-SDXL-v2 byt5 folder")
 _SIGLIP = _flag("string", "siglip", "", "SigLIP vision tower folder")
@@ -575,14 +581,19 @@ def generate_video(cfg, *, out: str, image: str = "", actions: str = "", pose: s
     if model is not None or record:
       raise GenerateError("model= / --record are WorldPlay options; LingBot-World builds its two experts from "
                           "the config and reads --states from an .npz")
-    if prompt or negative_prompt is not None or mode != "ar":
-      raise GenerateError("--prompt / --negative_prompt / --mode are WorldPlay options; LingBot-World reads its "
-                          "umT5 prompt states from --states (its encoder is not ported)")
+    if mode != "ar":
+      raise GenerateError(f"--mode={mode}: a WorldPlay option; LingBot-World denoises the whole clip at once")
+    worldplay_encoders = [f for f, v in (("--text_encoder", text_encoder), ("--byt5", byt5), ("--siglip", siglip),
+                                         ("--tokenizer", tokenizer), ("--max_text_tokens", max_text_tokens)) if v]
+    if worldplay_encoders or tokenize is not None:
+      raise GenerateError(f"{', '.join(worldplay_encoders) or 'tokenize='}: WorldPlay's prompt encoders; "
+                          "LingBot-World encodes --prompt with the config's umT5 text_encoder section "
+                          "(--config.text_encoder.checkpoint=... --config.text_encoder.tokenizer=...)")
     return generate_lingbot(cfg, out=out, image=image, actions=actions, poses=poses, intrinsics=intrinsics,
                             frames=frames, seed=seed, states=states, negative_states=negative_states,
                             random_conditioning=random_conditioning, allow_random_weights=allow_random_weights,
                             guidance=guidance, fps=fps, decode_latents=decode_latents, overwrite=overwrite,
-                            mesh=mesh, progress=progress)
+                            mesh=mesh, progress=progress, prompt=prompt, negative_prompt=negative_prompt)
   if poses or intrinsics:
     raise GenerateError("--poses / --intrinsics are LingBot-World's camera input; WorldPlay takes --actions or "
                         "--pose (the reference's pose JSON)")
@@ -748,8 +759,8 @@ def _write_outputs(paths, vae, latents, traj, *, decode_latents: int, fps: int, 
 # ----------------------------------------------------------------------------- LingBot-World
 # Configs with family = "lingbot" (configs/lingbot_tiny.py, configs/lingbot_a14b.py): the two
 # Wan2.2 experts + camera branch and the Wan2.1 VAE through `wc_jax.inference.lingbot`. The
-# prompt's umT5 states come from --states (the encoder is not ported yet); the camera from the
-# reference's poses.npy / intrinsics.npy or from our action strings.
+# prompt's umT5 states come from --prompt through the config's text_encoder section (or from a
+# --states .npz); the camera from the reference's poses.npy / intrinsics.npy or our action strings.
 
 FULL_SIZE_PARAMS = 10 ** 8     # an expert this big on random weights is a mistake, not a smoke test
 
@@ -845,8 +856,8 @@ def lingbot_states(cfg, states: str, negative_states: str, random_conditioning: 
   if not states:
     if not random_conditioning:
       raise GenerateError("no prompt states: pass --states=STATES.npz with text_states and negative_states (umT5 "
-                          "outputs [L, %d]; the umT5 encoder is not ported yet), or --random_conditioning for a "
-                          "smoke test" % dim)
+                          "outputs [L, %d]), or --prompt=\"...\" (encoded by the config's text_encoder), or "
+                          "--random_conditioning for a smoke test" % dim)
     log.warning("random prompt states (--random_conditioning): the prompt is meaningless noise")
     rows = max(1, length * 3 // 4)
     return dict(text_states=rng.standard_normal((1, rows, dim)).astype(np.float32),
@@ -885,6 +896,95 @@ def lingbot_states(cfg, states: str, negative_states: str, random_conditioning: 
   return out
 
 
+def _repo_path(path: str) -> str:
+  """A relative config path as given when it exists from here, else from the repository root (the
+  tiny config names its fixture encoder relative to it)."""
+  if "://" in path:
+    return path
+  p = pathlib.Path(path).expanduser()
+  from_root = pathlib.Path(__file__).resolve().parents[1] / p
+  return str(from_root) if not p.is_absolute() and not p.exists() and from_root.exists() else str(p)
+
+
+def check_lingbot_prompt(cfg, prompt: str, negative_prompt: str | None, *, states: str, negative_states: str,
+                         random_conditioning: bool) -> dict | None:
+  """The umT5 text_encoder section for --prompt (paths resolved and checked to exist, widths checked
+  against the DiT; nothing loaded), None without a prompt; GenerateError for what cannot work."""
+  if not prompt:
+    if negative_prompt is not None:
+      raise GenerateError("--negative_prompt needs --prompt (with --states, pass the negative's states as "
+                          "--negative_states)")
+    return None
+  for flag, given in (("--states", states), ("--negative_states", negative_states),
+                      ("--random_conditioning", random_conditioning)):
+    if given:
+      raise GenerateError(f"give --prompt or {flag}, not both (--prompt is encoded by the config's umT5 "
+                          "text_encoder; the other would be ignored)")
+  if "text_encoder" not in cfg or not cfg.text_encoder:
+    raise GenerateError("--prompt needs the config's text_encoder section (kind='umt5', checkpoint, tokenizer, "
+                        "text_len, negative_prompt; see configs/lingbot_a14b.py), or precomputed --states")
+  section = cfg.text_encoder
+  kind = str(section.get("kind", kinds.UMT5))
+  if kind != kinds.UMT5:
+    raise GenerateError(f"text_encoder.kind={kind!r}: LingBot-World's prompt encoder is {kinds.UMT5!r}")
+  missing = [f"text_encoder.{k}" for k in ("checkpoint", "tokenizer") if not section.get(k, "")]
+  if missing:
+    raise GenerateError(f"--prompt: {' and '.join(missing)} not set (the release's "
+                        "models_t5_umt5-xxl-enc-bf16.pth, or a folder from python -m wc_jax.convert, and its "
+                        "google/umt5-xxl tokenizer folder): --config.text_encoder.checkpoint=... "
+                        "--config.text_encoder.tokenizer=...")
+  paths = {k: _repo_path(str(section.get(k))) for k in ("checkpoint", "tokenizer")}
+  for k, path in paths.items():
+    if "://" not in path and not os.path.exists(path):
+      raise GenerateError(f"text_encoder.{k}={section.get(k)}: no such file or folder")
+  text_dim, dit_len = int(cfg.model.text_dim), int(cfg.model.text_len)
+  arch = section.get("arch", None)
+  if arch and "dim" in arch and int(arch["dim"]) != text_dim:
+    raise GenerateError(f"text_encoder.arch.dim={int(arch['dim'])} but model.text_dim={text_dim}: the umT5 "
+                        "states would not fit the DiT's text embedding (encoder and experts do not belong together)")
+  text_len = int(section.get("text_len", dit_len))
+  if not 1 <= text_len <= dit_len:
+    raise GenerateError(f"text_encoder.text_len={text_len}: must be 1..model.text_len={dit_len} (the DiT pads "
+                        "the prompt's states to its text_len; it cannot take more rows)")
+  negative = negative_prompt if negative_prompt is not None else section.get("negative_prompt", None)
+  if negative is None:
+    raise GenerateError("no negative prompt: set text_encoder.negative_prompt (the reference's sample_neg_prompt) "
+                        "or pass --negative_prompt (\"\" for an empty one)")
+  return {"section": section, "paths": paths, "text_len": text_len, "negative_prompt": str(negative),
+          "negative_source": "--negative_prompt" if negative_prompt is not None else "text_encoder.negative_prompt"}
+
+
+def lingbot_prompt_states(cfg, prompt: str, checked: dict, *, mesh=None) -> dict:
+  """{text_states, negative_states [1, text_len, text_dim] float32, source}: the prompt and the
+  negative prompt through the config's umT5 (`umt5_from_config`, then `umt5.encode_prompts`, one
+  prompt per call): the rows past each prompt's tokens are zero, so the DiT sees what the
+  reference feeds it (trimmed states zero-padded to text_len, every row attended). The encoder
+  is dropped before the experts are built."""
+  from wc_jax.convert.encoders import umt5_from_config
+  from wc_jax.models.encoders import umt5
+  section = checked["section"]
+  section = {**(section.to_dict() if hasattr(section, "to_dict") else dict(section)), **checked["paths"]}
+  text_dim = int(cfg.model.text_dim)
+  try:
+    enc, tok, _ = umt5_from_config(section, mesh=mesh)
+  except (ConversionError, FileNotFoundError, ImportError) as e:
+    raise GenerateError(f"text_encoder: {str(e).splitlines()[0]}") from None
+  if int(enc.cfg.d_model) != text_dim:
+    raise GenerateError(f"text_encoder.checkpoint={section['checkpoint']}: umT5 states are {enc.cfg.d_model} wide "
+                        f"but model.text_dim={text_dim}: the encoder and the experts do not belong together")
+  text_len = checked["text_len"]
+  ctx = sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+  with ctx, phase("encoding the prompt", f"umT5 {section['checkpoint']}"):
+    pos = umt5.encode_prompts(enc, tok, [prompt], text_len)
+    neg = umt5.encode_prompts(enc, tok, [checked["negative_prompt"]], text_len)
+    out = {k: np.asarray(jax.device_get(x)).astype(np.float32) for k, x in (("text_states", pos),
+                                                                          ("negative_states", neg))}
+  del enc
+  out["source"] = (f"prompt {prompt!r} (umT5 {section['checkpoint']}, text_len {text_len}; negative: "
+                   f"{checked['negative_source']})")
+  return out
+
+
 def check_lingbot_weights(cfg, allow_random: bool) -> dict:
   """{expert / vae: checkpoint path or 'random'}; GenerateError for a named path that does not
   exist, or for random full-size experts unless allowed."""
@@ -914,10 +1014,13 @@ def generate_lingbot(cfg, *, out: str, image: str = "", actions: str = "", poses
                      frames: int = 0, seed: int | None = None, states: str = "", negative_states: str = "",
                      random_conditioning: bool = False, allow_random_weights: bool = False,
                      guidance: float | None = None, fps: int = 24, decode_latents: int = 1,
-                     overwrite: bool = False, mesh=None, progress: bool = True) -> dict:
+                     overwrite: bool = False, mesh=None, progress: bool = True, prompt: str = "",
+                     negative_prompt: str | None = None) -> dict:
   """One LingBot-World video (`generate_video` with a family="lingbot" config): every input is
   checked before a model is built; OUT.mp4 (the commanded action burned in when --actions),
-  OUT.npy (final latents [1, z, T, h, w]) and OUT.json, written under temporary names."""
+  OUT.npy (final latents [1, z, T, h, w]) and OUT.json, written under temporary names. `prompt`
+  (and `negative_prompt`, default the config's text_encoder.negative_prompt) are encoded by the
+  config's umT5 (`lingbot_prompt_states`) instead of reading --states."""
   from wc_jax.inference import lingbot
   t_start = time.time()
   for section in ("model", "sampling"):
@@ -928,12 +1031,14 @@ def generate_lingbot(cfg, *, out: str, image: str = "", actions: str = "", poses
     raise GenerateError(f"--fps={fps} and --decode_latents={decode_latents} must be >= 1")
   if guidance is not None and guidance < 1.0:
     raise GenerateError(f"--guidance={guidance}: must be >= 1 (1 = the prompt alone)")
+  text = check_lingbot_prompt(cfg, prompt, negative_prompt, states=states, negative_states=negative_states,
+                              random_conditioning=random_conditioning)
   c2w, ks, n, labels, note = lingbot_camera(actions, poses, intrinsics, frames, int(cfg.sampling.get("frame_num", 81)))
   if note:
     log.info("camera: %s", note)
   seed = int(cfg.get("seed", 0)) if seed is None else int(seed)
   rng = np.random.default_rng(seed)
-  conds = lingbot_states(cfg, states, negative_states, random_conditioning, rng)
+  conds = None if text else lingbot_states(cfg, states, negative_states, random_conditioning, rng)
   if image:
     pixels, first_source = read_image(image), image
   elif random_conditioning:
@@ -957,6 +1062,8 @@ def generate_lingbot(cfg, *, out: str, image: str = "", actions: str = "", poses
   weights = check_lingbot_weights(cfg, allow_random_weights or random_conditioning)
 
   mesh = mesh if mesh is not None else sharding.make_mesh(dict(cfg.mesh))
+  if text:
+    conds = lingbot_prompt_states(cfg, prompt, text, mesh=mesh)
   with phase("building LingBot-World", ", ".join(f"{k}: {v}" for k, v in weights.items())):
     try:
       pipe = lingbot.build_pipeline(cfg, mesh=mesh)
@@ -991,7 +1098,9 @@ def generate_lingbot(cfg, *, out: str, image: str = "", actions: str = "", poses
         "family": "lingbot", "video": str(paths["video"]), "latents": str(paths["latents"]),
         "frames": int(video.shape[0]), "latent_shape": list(latents.shape), "height": int(height),
         "width": int(width), "fps": fps, "seed": seed, "first_frame": first_source,
-        "conditioning": conds["source"], "actions": actions, "poses": poses, "intrinsics": intrinsics,
+        "conditioning": conds["source"], "prompt": prompt,
+        "negative_prompt": text["negative_prompt"] if text else None,
+        "actions": actions, "poses": poses, "intrinsics": intrinsics,
         "camera": "none" if c2w is None else ("actions" if actions else "poses"), "camera_note": note,
         "guide_scale": list(s.guide_scale), "steps": s.steps, "shift": s.shift, "boundary": s.boundary,
         "weights": weights, "devices": len(mesh.devices.flat), "mesh": {k: int(v) for k, v in mesh.shape.items()},

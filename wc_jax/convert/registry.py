@@ -76,7 +76,75 @@ def load_model(kind: str, path: str | os.PathLike, *, mesh=None, **overrides) ->
   return mod.build_model(model_config, params, mesh=mesh, **overrides)
 
 
-def torch_to_orbax(src, dst, dtype=None, mesh=None, kind=None) -> str:
+# kinds whose release is one bare checkpoint file (no config.json beside it): kind -> (opener of a
+# .pth / .safetensors file or folder, the released file's name)
+BARE_FILE_KINDS = {kinds.UMT5: (encoders.open_umt5_checkpoint, encoders.UMT5_RELEASED_FILENAME),
+                   kinds.WAN_VAE: (wan_vae.open_checkpoint, "Wan2.1_VAE.pth")}
+
+
+def _reference_config(src, reference_config) -> dict | None:
+  """The reference config of `src`: the given one (a dict, or a JSON file's path), else the
+  config.json in / beside `src`, else None."""
+  import json
+  if isinstance(reference_config, (str, os.PathLike)):
+    path = as_path(reference_config)
+    if not path.is_file():
+      raise ConversionError(f"--reference-config {reference_config}: no such file")
+    try:
+      return json.loads(path.read_text())
+    except ValueError as e:
+      raise ConversionError(f"--reference-config {reference_config}: not JSON ({e})") from None
+  if reference_config is not None:
+    return dict(reference_config)
+  try:
+    return read_config(src)
+  except ConversionError:
+    return None
+
+
+def bare_file_to_orbax(src, dst, kind: str, dtype=None, mesh=None, reference_config=None) -> str:
+  """A checkpoint released as one bare file (the umT5 `models_t5_umt5-xxl-enc-bf16.pth`, the
+  Wan2.1 VAE `.pth`; also the same keys as .safetensors or a folder of either) -> a wc_jax Orbax
+  folder that `load_model(kind, dst)` (and for umT5 `load_umt5` / `umt5_from_config`) reads.
+  The architecture comes from `reference_config` (the reference constructor arguments, a dict or
+  JSON file, e.g. a fixture's config.json), else a config.json beside the file, else the
+  released model's. Every missing / unexpected / mis-shaped key is named (ConversionError)."""
+  if kind not in BARE_FILE_KINDS:
+    raise ConversionError(f"--kind={kind}: a bare checkpoint file is read for {', '.join(BARE_FILE_KINDS)}; "
+                          f"{kind} checkpoints are a folder with config.json")
+  src_path = as_path(src)
+  if not src_path.exists():
+    raise FileNotFoundError(f"no checkpoint at {src}")
+  config = _reference_config(src, reference_config)
+  opener = BARE_FILE_KINDS[kind][0]
+  if kind == kinds.UMT5:
+    if config is not None and not encoders.umt5.matches(config) and "reference_args" not in config \
+        and "dim" not in config:
+      raise ConversionError(f"the config for {src} (model_type {config.get('model_type')!r}) is not a umT5 one")
+    encoders.convert_umt5(src, dst, config, dtype=dtype)
+    return kind
+  mod = converter(kind)
+  model_config, params = mod.torch_to_params(opener(src), config, dtype=dtype, mesh=mesh)
+  save_orbax(params, dst, {"kind": mod.KIND, "model_config": model_config, "reference_config": config or {}})
+  return kind
+
+
+def torch_to_orbax(src, dst, dtype=None, mesh=None, kind=None, reference_config=None) -> str:
+  """A reference checkpoint -> a wc_jax Orbax folder. `src`: a folder with config.json (+ the
+  safetensors; the kind is recognised from the config unless given), or, with `kind` one of
+  BARE_FILE_KINDS, the bare file the release ships (`bare_file_to_orbax`)."""
+  src_path = as_path(src)
+  if kind in BARE_FILE_KINDS and (src_path.is_file() or reference_config is not None
+                                  or not (src_path / "config.json").exists()):
+    return bare_file_to_orbax(src, dst, kind, dtype=dtype, mesh=mesh, reference_config=reference_config)
+  if src_path.is_file() or not src_path.exists():
+    if not src_path.exists():
+      raise FileNotFoundError(f"no checkpoint at {src}")
+    if kind is not None:     # a kind that ships as a folder: named by bare_file_to_orbax
+      return bare_file_to_orbax(src, dst, kind, dtype=dtype, mesh=mesh, reference_config=reference_config)
+    hint = next((k for k, (_, name) in BARE_FILE_KINDS.items() if name.lower() == src_path.name.lower()), None)
+    raise ConversionError(f"{src} is a single file: pass a reference folder (config.json + *.safetensors), or "
+                          f"--kind={hint or '|'.join(BARE_FILE_KINDS)} for a checkpoint released as one bare file")
   config = read_config(src)
   mod = converter_for(config, kind)
   source = TensorSource(src, strip_prefix=getattr(mod, "STRIP_PREFIX", None))
