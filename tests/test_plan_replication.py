@@ -1,6 +1,7 @@
 """plan's compiled-vs-analytic accounting: loop trip counts, the replication ratio of the 8B rollout
-program (depth 2) on v5p-64 with the hunyuan8b mesh (candidates over data, the chunk's tokens over
-context, heads over tensor: no chip repeats another's work), and its K/V caches sharded per chip."""
+and update programs (depth 2) on v5p-64 with the hunyuan8b mesh (candidates over data, the chunk's
+tokens over context, heads over tensor, the optimizer's Newton-Schulz rows over every axis: no chip
+repeats another's work), each term of the analytic count, and the K/V caches sharded per chip."""
 import math
 
 import jax
@@ -83,6 +84,10 @@ def test_8b_rollout_reports_compiled_over_analytic_flops(rollout_8b):
   # issue 14: compiled / (analytic / chips) <= 1.15 (the rollout is forwards only: no remat factor)
   assert math.isfinite(r["replication"]) and 0.9 < r["replication"] <= 1.15
   assert math.isclose(r["replication"], c["tflop"] / r["analytic_tflop_per_chip"], rel_tol=2e-3)
+  terms = r["analytic_terms_tflop_per_chip"]   # forwards only: 12 candidates x 40 steps
+  assert math.isclose(sum(terms.values()), r["analytic_tflop_per_chip"], rel_tol=1e-3)
+  assert {k for k, v in terms.items() if v} == {"dense_forward", "attention_forward"}
+  assert c["attention_kernel_by_kind_tflop"]["dq"] == c["attention_kernel_by_kind_tflop"]["dkv"] == 0
   roof = r["roofline_seconds"]
   assert roof["lower_bound"] == max(roof["compute"], roof["memory"]) > 0
   from wc_jax import plan
@@ -102,3 +107,42 @@ def test_8b_rollout_caches_per_chip(rollout_8b):
   for name, c in caches.items():   # heads split 16 ways over `tensor`
     assert c["sharded"], f"{name} replicated on every chip: {c['per_chip']}"
     assert c["per_chip"][-2] * 16 == c["global"][-2] == 16, name
+
+
+@pytest.fixture(scope="module")
+def update_8b():
+  pytest.importorskip("libtpu")
+  from wc_jax import plan
+  cfg = load_config("hunyuan8b")
+  cfg.model.depth = 2
+  cfg.allow_random_init = True
+  cfg.rl.trajectories_per_step = 1   # the trajectories are a scan: the same program for every T
+  return plan.plan(cfg, "v5p:4x4x4", path="update", strict=True)
+
+
+def test_8b_update_replication_against_every_term(update_8b):
+  r = update_8b
+  c, terms = r["compiled_per_chip"], r["analytic_terms_tflop_per_chip"]
+  assert r["mesh"] == {"data": 2, "fsdp": 1, "context": 2, "tensor": 16} and r["replicated_activations"] == []
+  assert c["unknown_trip_loops"] == 0
+  assert set(terms) == {"dense_forward", "dense_remat", "dense_backward", "attention_forward", "attention_remat",
+                        "attention_backward", "optimizer_newton_schulz"}
+  assert math.isclose(sum(terms.values()), r["analytic_tflop_per_chip"], rel_tol=1e-3)
+  # 1 trajectory x 20 sigmas x 6 kept samples: v_old + trained forward = 2x the remat recompute; the
+  # dense backward 2x, the splash backward 3.5x (dq 1.5 + dkv 2: both kernels recompute QK^T)
+  assert math.isclose(terms["dense_forward"], 2 * terms["dense_remat"], rel_tol=1e-3)
+  assert math.isclose(terms["dense_backward"], 2 * terms["dense_remat"], rel_tol=1e-3)
+  assert math.isclose(terms["attention_backward"], 3.5 * terms["attention_remat"], rel_tol=1e-3)
+  # the kernels as compiled against their terms: only the kernels' padding (3120 -> 3200 rows) above 1
+  kinds = c["attention_kernel_by_kind_tflop"]
+  fwd = terms["attention_forward"] + terms["attention_remat"]
+  assert 1.0 <= kinds["forward"] / fwd < 1.06
+  assert 1.0 <= (kinds["dq"] + kinds["dkv"]) / terms["attention_backward"] < 1.06
+  assert math.isclose(kinds["dkv"] / kinds["dq"], 2.0 / 1.5, rel_tol=1e-3)
+  # issue 14: compiled / (analytic / chips) <= 1.15 with every term counted, the optimizer's
+  # Newton-Schulz matmuls split over the chips (they ran ~18x over before)
+  assert math.isfinite(r["replication"]) and 0.95 < r["replication"] <= 1.15
+  dense = terms["dense_forward"] + terms["dense_remat"] + terms["dense_backward"] + terms["optimizer_newton_schulz"]
+  assert c["matmul_tflop"] / dense < 1.1
+  print(f"\nupdate replication {r['replication']} (compiled {c['tflop']} TFLOP/chip vs analytic "
+        f"{r['analytic_tflop_per_chip']}: {terms}); kernels {kinds}")

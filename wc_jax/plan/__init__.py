@@ -14,9 +14,11 @@ FLOPs. Paths:
             checkpoint EMA), v_old + NFT loss forward/backward over the sampled sigmas, optimizer.
 
 Besides memory, each path reports the compiled per-chip FLOPs (counted from the partitioned HLO,
-loops times their trip counts, splash kernels from their shapes) beside the analytic FLOPs / chips:
-their ratio `replication` is 1.0 when the chips split the work, N when all N chips do all of it;
-a roofline lower bound for the step; and the K/V caches' per-chip shapes (docs/performance.md).
+loops times their trip counts, splash kernels from their shapes) beside the analytic FLOPs / chips,
+term by term (`analytic_terms`: dense and attention forwards, remat recompute, backwards with the
+splash kernels' 3.5x, the optimizer's Newton-Schulz matmuls): their ratio `replication` is 1.0
+when the chips split the work, N when all N chips do all of it; a roofline lower bound for the
+step; and the K/V caches' per-chip shapes (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
 from wc_jax.models.worldplay import flops as flops_lib
 from wc_jax.models.worldplay.model import TextCache, TextTokens, VisionCache, WorldPlayDiT, functional
-from wc_jax.rl import programs, root
+from wc_jax.rl import optim, programs, root
 
 _CONFIG = cli.config_flag("configs/hunyuan8b.py")
 _TOPOLOGY = cli.string_flag("topology", "v5p:2x2x4", "TPU topology name, e.g. v5p:2x2x2, v5e:4x4, v6e:2x4")
@@ -184,12 +186,15 @@ def _plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
   s = cfg.sampling
   tokens_per_frame = (s.latent_height // mcfg.patch_size[1]) * (s.latent_width // mcfg.patch_size[2])
   lt = cfg.text.text_tokens + cfg.text.byt5_tokens + cfg.text.vision_tokens
+  frames = s.max_context_frames + mcfg.chunk_latents
   if path == "ar":
     fwd = flops_lib.ar_chunk_flops(mcfg, tokens_per_frame, mcfg.chunk_latents, s.max_context_frames, lt, batch)
   else:
-    fwd = flops_lib.full_flops(mcfg, tokens_per_frame, s.max_context_frames + mcfg.chunk_latents, lt, True, batch)
+    fwd = flops_lib.full_flops(mcfg, tokens_per_frame, frames, lt, True, batch)
+  attention = batch * _attention_fwd_flops(mcfg, tokens_per_frame, frames, s.max_context_frames, lt, path)
+  terms = analytic_terms(mcfg, fwd, attention, forwards=0, trained=1)
   chips = int(np.prod(list(mesh.shape.values())))
-  step_flops = fwd * (3 + (1 if mcfg.remat_policy != "none" else 0)) / chips   # fwd + bwd (+ remat recompute)
+  step_flops = sum(terms.values()) / chips   # fwd + bwd (+ remat recompute)
   return {
       "topology": topology, "chips": int(np.prod(list(mesh.shape.values()))), "mesh": dict(mesh.shape),
       "path": path, "batch": batch, "params_billion": round(n_params / 1e9, 3),
@@ -203,9 +208,46 @@ def _plan(cfg, topology: str, path: str = "ar", batch: int = 0) -> dict:
       "model_tflop_per_chip": round(step_flops / 1e12, 4),
       "xla_counted_tflop_per_chip": round(flops / 1e12, 4),
       "ideal_step_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 4),
-      **_report(compiled, chip, chips, step_flops * chips, _remat_note(mcfg, "train"),
-                _cache_specs(inputs, in_shard)),
+      **_report(compiled, chip, chips, terms, _remat_note(mcfg, "train"), _cache_specs(inputs, in_shard)),
   }
+
+
+# The splash kernels' backward recomputes the scores: its dq kernel runs QK^T, dO V^T and dS K (3 of
+# the forward's 2 matmuls), its dkv kernel QK^T, dO V^T, P^T dO and dS^T Q (4): 3.5 forward
+# equivalents, where a backward that kept the probabilities would run 2. The XLA kernels do the 2.
+ATTENTION_BACKWARD = {"splash": 3.5}
+
+
+def _attention_fwd_flops(mcfg, tokens_per_frame: int, frames: int, context_frames: int, text_tokens: int,
+                         path: str) -> float:
+  """The attention (QK^T + PV) share of one forward in wc_jax.models.worldplay.flops' terms."""
+  c, per_chunk = mcfg.hidden_size, tokens_per_frame * mcfg.chunk_latents
+  if path == "full":   # chunk-causal over `frames` latents, text keys: the same pairs as full_flops
+    chunks = -(-frames // mcfg.chunk_latents)
+    visible = sum(per_chunk * (text_tokens + (i + 1) * per_chunk) for i in range(chunks))
+    return float(mcfg.depth * 4 * c * (2 * visible + text_tokens * text_tokens))
+  keys = text_tokens + context_frames * tokens_per_frame + per_chunk
+  return float(mcfg.depth * 2 * 4 * per_chunk * keys * c)   # RoPE and PRoPE branches
+
+
+def analytic_terms(mcfg, fwd: float, attention: float, forwards: float, trained: float,
+                   optimizer: dict | None = None, optimizer_steps: int = 0) -> dict:
+  """The work the program is meant to do, whole step over all chips, term by term (FLOPs):
+  `forwards` passes without a backward (rollout steps, v_old), `trained` passes with fwd +
+  (remat recompute) + backward; dense matmuls backward 2x their forward, attention backward as
+  the kernel computes it (ATTENTION_BACKWARD); the optimizer's Newton-Schulz matmuls per step.
+  `optimizer_elementwise` is listed but left out of the sum (the compiled count is matmuls and
+  attention kernels only)."""
+  dense = fwd - attention
+  remat = 1.0 if mcfg.remat_policy != "none" else 0.0
+  bwd = ATTENTION_BACKWARD.get(mcfg.attention_impl, 2.0)
+  terms = {"dense_forward": dense * (forwards + trained), "dense_remat": dense * remat * trained,
+           "dense_backward": 2.0 * dense * trained,
+           "attention_forward": attention * (forwards + trained), "attention_remat": attention * remat * trained,
+           "attention_backward": bwd * attention * trained}
+  if optimizer is not None:
+    terms["optimizer_newton_schulz"] = optimizer["newton_schulz"] * optimizer_steps
+  return terms
 
 
 def _compile(fn, args, topology: str, what: str):
@@ -218,7 +260,8 @@ def _compile(fn, args, topology: str, what: str):
 
 def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
   # the trainer's composition root, on abstract weights: the programs `train` runs
-  fn, args, passes = root.lowerable(root.build(cfg, mesh, abstract=True), path)
+  run = root.build(cfg, mesh, abstract=True)
+  fn, args, _ = root.lowerable(run, path)
   with sharding.use_mesh(mesh):
     compiled = _compile(fn, args, topology, f"RL {path}")
   mem = compiled.memory_analysis()
@@ -231,10 +274,25 @@ def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
   tpf = (s.latent_height // mcfg.patch_size[1]) * (s.latent_width // mcfg.patch_size[2])
   lt = cfg.text.text_tokens + cfg.text.byt5_tokens + cfg.text.vision_tokens
   fwd = flops_lib.ar_chunk_flops(mcfg, tpf, mcfg.chunk_latents, s.max_context_frames, lt)
-  step_flops = fwd * passes / chips
+  attention = _attention_fwd_flops(mcfg, tpf, mcfg.chunk_latents, s.max_context_frames, lt, "ar")
+  rl = cfg.rl
+  if path == "rollout":
+    terms = analytic_terms(mcfg, fwd, attention, forwards=rl.group_size * rl.rollout_steps, trained=0)
+    extra = None
+  else:   # per trajectory, sampled sigma and kept sample: v_old forward (not when released overwrites it)
+    o = cfg.optim
+    k, n_sig = rl.best_of_n, max(1, int(rl.rollout_steps * rl.sigma_fraction))
+    trained = int(rl.get("trajectories_per_step", 1)) * n_sig * k
+    per_step = int(rl.get("samples_per_optimizer_step", 0)) or k
+    opt = optim.optimizer_flops(run.params, sharding.stacked_layer_paths(run.params), use_muon=bool(o.muon))
+    terms = analytic_terms(mcfg, fwd, attention, forwards=0 if rl.released_v_old else trained, trained=trained,
+                           optimizer=opt, optimizer_steps=k // per_step)
+    extra = {"optimizer_elementwise": opt["elementwise"] * (k // per_step)}
+  step_flops = sum(terms.values()) / chips
   return {
       "topology": topology, "chips": chips, "mesh": dict(mesh.shape), "path": path,
       "group_size": cfg.rl.group_size, "kept": cfg.rl.best_of_n, "rollout_steps": cfg.rl.rollout_steps,
+      **({"trajectories": int(cfg.rl.get("trajectories_per_step", 1))} if path == "update" else {}),
       "attention_impl": mcfg.attention_impl, "remat_policy": mcfg.remat_policy, "compute_dtype": mcfg.dtype,
       "param_dtype": mcfg.param_dtype,
       "per_chip_gib": {"arguments": round(mem.argument_size_in_bytes / gib, 2),
@@ -245,8 +303,8 @@ def _plan_rl(cfg, mcfg, topology, path, mesh) -> dict:
       "hbm_per_chip_gib": HBM_GIB.get(chip), "fits": (per_chip / gib) <= HBM_GIB.get(chip, float("inf")),
       "model_tflop_per_chip": round(step_flops / 1e12, 3),
       "ideal_seconds_at_peak": round(step_flops / (PEAK_TFLOPS.get(chip, 1) * 1e12), 3),
-      **_report(compiled, chip, chips, step_flops * chips,
-                _remat_note(mcfg, "rollout" if path == "rollout" else "update"), _cache_specs(args)),
+      **_report(compiled, chip, chips, terms, _remat_note(mcfg, "rollout" if path == "rollout" else "update"),
+                _cache_specs(args), extra=extra),
   }
 
 
@@ -255,9 +313,10 @@ def _remat_note(mcfg, kind: str) -> str:
   if kind == "rollout":
     return "inference: forwards only, no remat"
   extra = " + 1 remat recompute (remat_policy=%s)" % mcfg.remat_policy if mcfg.remat_policy != "none" else ""
-  per = "fwd 1 + bwd 2" + extra
-  return (f"per trained pass {per}; per sigma also 1 v_old forward" if kind == "update"
-          else f"per step {per}")
+  bwd = ATTENTION_BACKWARD.get(mcfg.attention_impl, 2.0)
+  per = f"fwd 1 + bwd 2 (attention bwd {bwd}: {mcfg.attention_impl})" + extra
+  return (f"per trained pass {per}; per sigma also 1 v_old forward; the optimizer's Newton-Schulz matmuls"
+          if kind == "update" else f"per step {per}")
 
 # ----------------------------------------------------------------------------- compiled-program accounting
 # XLA's cost_analysis() counts a while-loop body once (the scanned layers, the Euler steps, the sigma
@@ -347,6 +406,7 @@ def hlo_costs(text: str) -> dict:
   shapes = {n: t for instrs in comps.values() for n, t, *_ in instrs}
   unknown_loops = []
   memo = {}
+  # visit() sums [matmul, attention fwd, attention dq, attention dkv, bytes]
 
   def step(cond, body, ops) -> int:
     """The induction variable's increment: 1, or k where XLA unrolled the loop k times (the
@@ -383,7 +443,7 @@ def hlo_costs(text: str) -> dict:
     key = (cname, fused)
     if key in memo:
       return memo[key]
-    dot = kernel = traffic = 0.0
+    acc = np.zeros(5)
     for name, typ, op, ops, attrs in comps.get(cname, ()):
       called = dict(re.findall(r"\b(calls|to_apply|body|condition)=%([\w.\-]+)", attrs))
       if op in ("dot", "convolution"):
@@ -393,9 +453,9 @@ def hlo_costs(text: str) -> dict:
         if op == "dot" and lhs:
           m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
           k = int(np.prod([lhs[0][1][int(i)] for i in m.group(1).split(",") if i])) if m else 1
-          dot += 2.0 * out * k
+          acc[0] += 2.0 * out * k
         elif rhs:
-          dot += 2.0 * out * _conv_macs_per_output(lhs[0][1] if lhs else (), rhs[0][1], attrs)
+          acc[0] += 2.0 * out * _conv_macs_per_output(lhs[0][1] if lhs else (), rhs[0][1], attrs)
       elif op == "custom-call" and re.search(r"splash|mha|flash|attention", name + attrs, re.I):
         # QK^T + PV of a dense [B,H,S,D] x [B,H,K,D] pair = 4BHSKD; the backward kernels redo QK^T:
         # dq = 3 matmuls, dkv = 4. Block-sparse masks are ignored (an upper bound for causal masks).
@@ -405,42 +465,42 @@ def hlo_costs(text: str) -> dict:
           four = [(1,) + s for s in ops_ if len(s) == 3]
         if len(four) >= 2:
           (b, h, s, d), kk = four[0], four[1][2]
-          pairs = 2.0 if "dkv" in name else 1.5 if "dq" in name else 1.0
-          kernel += pairs * 4.0 * b * h * s * kk * d
+          kind, pairs = (3, 2.0) if "dkv" in name else (2, 1.5) if "dq" in name else (1, 1.0)
+          acc[kind] += pairs * 4.0 * b * h * s * kk * d
       if not fused and op not in _NO_TRAFFIC:
-        traffic += _nbytes(typ) + sum(_nbytes(shapes.get(o, "")) for o in ops)
+        acc[4] += _nbytes(typ) + sum(_nbytes(shapes.get(o, "")) for o in ops)
       if op == "while":
         n = trip(called.get("condition", ""), attrs, called["body"])
-        sub = visit(called["body"], False)
-        dot, kernel, traffic = dot + n * sub[0], kernel + n * sub[1], traffic + n * sub[2]
+        acc += n * visit(called["body"], False)
       elif op == "fusion" and "calls" in called:
-        sub = visit(called["calls"], True)
-        dot, kernel = dot + sub[0], kernel + sub[1]
+        acc[:4] += visit(called["calls"], True)[:4]
       elif op in ("call", "async-start", "call-start") and "calls" in called or op == "call" and "to_apply" in called:
-        sub = visit(called.get("calls") or called["to_apply"], fused)
-        dot, kernel, traffic = dot + sub[0], kernel + sub[1], traffic + sub[2]
+        acc += visit(called.get("calls") or called["to_apply"], fused)
       elif op == "conditional":
         branches = re.findall(r"%([\w.\-]+)", (re.search(r"branch_computations=\{([^}]*)\}", attrs) or
                                                re.search(r"()", "")).group(1))
-        subs = [visit(b, fused) for b in branches] or [(0.0, 0.0, 0.0)]
-        best = max(subs)
-        dot, kernel, traffic = dot + best[0], kernel + best[1], traffic + best[2]
-    memo[key] = (dot, kernel, traffic)
-    return memo[key]
+        subs = [visit(b, fused) for b in branches] or [np.zeros(5)]
+        acc += max(subs, key=lambda v: (v[0] + v[1:4].sum(), v[4]))
+    memo[key] = acc
+    return acc
 
-  dot, kernel, traffic = visit(entry, False)
-  return {"matmul_flops": dot, "attention_kernel_flops": kernel, "bytes": traffic, "unknown_trip_loops": unknown_loops}
+  dot, fwd, dq, dkv, traffic = (float(v) for v in visit(entry, False))
+  return {"matmul_flops": dot, "attention_kernel_flops": fwd + dq + dkv, "bytes": traffic,
+          "attention_kernel_by_kind": {"forward": fwd, "dq": dq, "dkv": dkv}, "unknown_trip_loops": unknown_loops}
 
 
 def _sig(x: float, digits: int = 4) -> float:
   return float(f"{x:.{digits}g}")
 
 
-def _report(compiled, chip: str, chips: int, analytic_flops: float, remat: str, cache_specs: dict) -> dict:
+def _report(compiled, chip: str, chips: int, terms: dict, remat: str, cache_specs: dict,
+            extra: dict | None = None) -> dict:
   """Compiled per-chip work beside the analytic work / chips (their ratio = replication), and a roofline.
 
-  `analytic_flops` is the whole step over all chips, remat recompute included, so replication 1.0
-  means each chip does 1/chips of the model's work; 16 on 16 chips means every chip does all of it."""
+  `terms` (analytic_terms) are the whole step over all chips, remat recompute included, so
+  replication 1.0 means each chip does 1/chips of the work; 16 on 16 chips means every chip does
+  all of it. `extra` terms are reported but not summed (not matmul work)."""
+  analytic_flops = sum(terms.values())
   text = compiled.as_text()
   hc = hlo_costs(text)
   cost = compiled.cost_analysis()
@@ -452,10 +512,15 @@ def _report(compiled, chip: str, chips: int, analytic_flops: float, remat: str, 
   return {
       "compiled_per_chip": {"tflop": _sig(total / 1e12), "matmul_tflop": _sig(hc["matmul_flops"] / 1e12),
                             "attention_kernel_tflop": _sig(hc["attention_kernel_flops"] / 1e12),
+                            "attention_kernel_by_kind_tflop": {k: _sig(v / 1e12)
+                                                               for k, v in hc["attention_kernel_by_kind"].items()},
                             "hbm_tbytes": _sig(hc["bytes"] / 1e12),
                             "xla_cost_analysis_tflop": _sig(float(cost.get("flops", 0.0)) / 1e12),   # loop bodies once
                             "unknown_trip_loops": len(hc["unknown_trip_loops"])},
       "analytic_tflop_per_chip": _sig(per_chip_model / 1e12),
+      "analytic_terms_tflop_per_chip": {k: _sig(v / chips / 1e12) for k, v in terms.items()},
+      **({"analytic_not_summed_tflop_per_chip": {k: _sig(v / chips / 1e12) for k, v in extra.items()}}
+         if extra else {}),
       "replication": _sig(total / per_chip_model) if per_chip_model else float("nan"),
       "remat": remat,
       "roofline_seconds": {"compute": _sig(compute_s), "memory": _sig(memory_s),
@@ -523,7 +588,8 @@ def table_row(r: dict) -> str:
   c, roof = r["compiled_per_chip"], r["roofline_seconds"]
   caches = r["caches_per_chip"]
   sharded = sum(v["sharded"] for v in caches.values())
-  return (f"| {r['topology']} | {r['chips']} | {r['path']} | {r['per_chip_gib']['total']} | {r['fits']} | "
+  path = f"{r['path']} (T={r['trajectories']})" if "trajectories" in r else r["path"]
+  return (f"| {r['topology']} | {r['chips']} | {path} | {r['per_chip_gib']['total']} | {r['fits']} | "
           f"{r['analytic_tflop_per_chip']} | {c['tflop']} | {c['matmul_tflop']} | {c['attention_kernel_tflop']} | "
           f"{r['replication']} | {roof['compute']} | {roof['memory']} | {roof['lower_bound']} | "
           f"{sharded}/{len(caches)} |")
