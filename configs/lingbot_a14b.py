@@ -64,9 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The rollout unit is a whole clip; `expert` is the trained one (low: t < boundary). The update
   # (python -m wc_jax.plan --path=update) holds fp32 master weights, AdamW moments and a policy-EMA
   # copy (the rollout policy, whose velocity is the NFT loss's v_old).
+  # (no curriculum / clip keys: the model is bidirectional, every rollout is one whole clip)
   c.rl = ml_collections.ConfigDict(dict(
       expert="low", group_size=12, best_of_n=6, rollout_steps=40, shift=10.0, sigma_fraction=0.5, beta=1.0,
-      adv_clip=2.0, policy_ema_decay=0.9,
-      curriculum="fixed", fixed_clip=1, max_clip=1))   # bidirectional: one whole clip per trajectory
+      adv_clip=2.0, policy_ema_decay=0.9))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-5, weight_decay=1e-4, grad_clip=2.0, b1=0.9, b2=0.999))
   return c

@@ -51,4 +51,31 @@ def get_config() -> ml_collections.ConfigDict:
       latent_channels=4, vae_stride=(4, 8, 8)))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+
+  # ---- WorldCompass RL on LingBot-World (python -m wc_jax.train; wc_jax/rl/lingbot.py), sized for a CPU:
+  # per step one example, G=4 whole-clip candidates (2 kept), 4 sampler steps (2 on each expert), the
+  # low-noise expert trained at 1 of its 2 rollout sigmas per kept sample
+  c.rl = ml_collections.ConfigDict(dict(
+      total_steps=4, expert="low", group_size=4, best_of_n=2, rollout_steps=4, shift=10.0, sigma_fraction=0.5,
+      beta=1.0, adv_clip=2.0, policy_ema_decay=0.9, std_type="global", released_v_old=False))
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-4, weight_decay=1e-4, grad_clip=2.0, b1=0.9, b2=0.999))
+  # camera following (DA3 poses vs the commanded path: labels + accuracies, rotation / translation error)
+  # and quality drift; random toy reward models here (checkpoints: converted DA3 / CLIP-aesthetic folders)
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.weights = ml_collections.ConfigDict(dict(
+      fine_action=2.0, camera_rotation=0.5, camera_translation=0.5, drift=1.0))
+  c.rewards.pose = ml_collections.ConfigDict(dict(
+      checkpoint="", seed=0, process_res=84,
+      random=dict(embed_dim=32, depth=4, num_heads=2, out_layers=(0, 1, 2, 3), alt_start=2, qknorm_start=2,
+                  rope_start=2, head_features=16, head_out_channels=(8, 16, 32, 64))))
+  c.rewards.quality = ml_collections.ConfigDict(dict(
+      scorer="clip", checkpoint="", head_checkpoint="", seed=0,
+      random=dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14, projection_dim=16), head_dims=(16, 8, 1))))
+  # examples: the synthetic world rendered at sampling.height x width along one held camera motion
+  # (step per latent, degrees per latent), fixed random prompt states at text_dim
+  c.data = ml_collections.ConfigDict(dict(source="synthetic_world", seed=0, synthetic=dict(
+      num_examples=16, num_scenes=4, scene_seed=0, step=0.25, angle_deg=6.0, focal=0.6, supersample=1)))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=2, keep=3, async_save=True))
+  c.logging = ml_collections.ConfigDict(dict(video_every=2, progress=False, profile_steps=(0, 0)))
   return c

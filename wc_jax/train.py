@@ -2,6 +2,10 @@
 
     python -m wc_jax.train --config=configs/tiny.py --workdir=/tmp/wc_rl
     python -m wc_jax.train --config=configs/hunyuan8b.py --workdir=gs://bucket/run --config.rl.group_size=12
+    python -m wc_jax.train --config=configs/lingbot_tiny.py --workdir=/tmp/wc_lingbot_rl
+
+The config's `family` picks the world model (wc_jax.rl.backbone): WorldPlay (default) or
+LingBot-World (whole-clip rollouts, wc_jax.rl.lingbot).
 
 Resumes from the newest intact checkpoint in WORKDIR (local or gs://); SIGTERM, or a TPU
 preemption notice on a multi-host slice, saves at the next step boundary and exits.
@@ -47,20 +51,17 @@ def use_compilation_cache(cache_dir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  from wc_jax.rl import backbone
   from wc_jax.rl import config as run_config
   cfg = _CONFIG()
-  run_config.validate(cfg, required=run_config.TRAIN_SECTIONS, rewards=run_config.TRAINER_REWARDS)
+  backbone.validate(cfg)                  # the config's world model (`family`: worldplay | lingbot)
   run_config.check_workdir(_WORKDIR())
   from wc_jax import distributed
   distributed.initialize(cfg.get("distributed", None))   # before anything touches a device
   use_compilation_cache(_CACHE() or os.environ.get("WC_JAX_COMPILATION_CACHE_DIR", ""))
   import jax
   from wc_jax.rl.logging_utils import strict_json
-  from wc_jax.rl.components import build_reward_stage
-  from wc_jax.rl.trainer import Trainer
-  from wc_jax.models.worldplay.config import from_config
-  stage = build_reward_stage(cfg, from_config(cfg.model).latent_channels)
-  trainer = Trainer(cfg, _WORKDIR(), reward_stage=stage)
+  trainer = backbone.build_trainer(cfg, _WORKDIR())
   last = trainer.run()
   if jax.process_index() == 0 and last:     # {} when there was nothing to do (logged)
     print(json.dumps(strict_json(last), indent=2))

@@ -31,7 +31,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -111,8 +110,11 @@ def _chips(mesh) -> int:
 
 
 def _compile_and_report(fn, args, in_shardings, out_shardings, mesh, topology: str, what: str,
-                        analytic_flops: float, note: str, extra: dict | None = None, donate=()) -> dict:
-  """Compiles `fn(*args)` for the topology; per-chip memory, compiled vs analytic FLOPs, roofline."""
+                        analytic_flops: float | dict, note: str, extra: dict | None = None, donate=()) -> dict:
+  """Compiles `fn(*args)` for the topology; per-chip memory, compiled vs analytic FLOPs, roofline.
+  `analytic_flops`: the whole step's FLOPs, or plan.analytic_terms' dict of them."""
+  terms = dict(analytic_flops) if isinstance(analytic_flops, dict) else {"model": float(analytic_flops)}
+  analytic_flops = sum(terms.values())
   chip = topology.split(":")[0]
   chips = _chips(mesh)
   with sharding.use_mesh(mesh):
@@ -139,7 +141,7 @@ def _compile_and_report(fn, args, in_shardings, out_shardings, mesh, topology: s
       "analytic_tflop_total": plan_lib._sig(analytic_flops / 1e12),
   }
   out.update(extra or {})
-  out.update(plan_lib._report(_UnsignedTrips(compiled), chip, chips, analytic_flops, note, {}))
+  out.update(plan_lib._report(compiled, chip, chips, terms, note, {}))
   return out
 
 
@@ -152,42 +154,6 @@ def _does_not_fit(message: str, topology, mesh, chip, chips, analytic_flops, ext
           "per_chip_gib": {"temporaries": float(m.group(1)) if m else None, "total": None},
           "analytic_tflop_total": plan_lib._sig(analytic_flops / 1e12),
           "analytic_tflop_per_chip": plan_lib._sig(analytic_flops / chips / 1e12), **(extra or {})}
-
-
-class _UnsignedTrips:
-  """The compiled program's text normalised for `plan.hlo_costs`: u32 scalar constants written as
-  s32 (its trip-count reader looks for s32/s64 bounds, and XLA's windowed collective-matmul loops
-  count with u32: read once they would undercount a sharded matmul by its window count), and the
-  [heads, seq, dim] operands of batch-1 splash kernels given their batch axis back ([1, heads,
-  seq, dim]: the kernel reader takes q and k from the first two 4-D operands, else counts 0)."""
-
-  def __init__(self, compiled):
-    self._compiled = compiled
-
-  def as_text(self) -> str:
-    text = re.sub(r"= u(32|64)\[\](\S*) constant\(", r"= s\1[]\2 constant(", self._compiled.as_text())
-    return "\n".join(_batch_one_kernel(line) if "splash" in line and "custom-call(" in line else line
-                     for line in text.splitlines())
-
-  def cost_analysis(self):
-    return self._compiled.cost_analysis()
-
-
-def _batch_one_kernel(line: str) -> str:
-  head, sep, rest = line.partition("operand_layout_constraints={")
-  if not sep:
-    return line
-  depth, end = 1, len(rest)
-  for i, ch in enumerate(rest):   # the set's closing brace (each shape carries a {layout})
-    depth += (ch == "{") - (ch == "}")
-    if depth == 0:
-      end = i
-      break
-  shapes = rest[:end]
-  if re.search(r"\w+\[\d+,\d+,\d+,\d+\]", shapes):
-    return line
-  shapes = re.sub(r"\b(bf16|f32|f16)\[(\d+,\d+,\d+)\]\{2,1,0\}", r"\1[1,\2]{3,2,1,0}", shapes)
-  return head + sep + shapes + rest[end:]
 
 
 def _param_shardings(state, mesh):
@@ -515,55 +481,22 @@ def _lingbot_denoise(cfg, mcfg, apply, state, pshard, mesh, topology, tokens, co
 
 
 def _lingbot_update(cfg, mcfg, apply, state, pshard, mesh, topology, tokens, common) -> dict:
-  from wc_jax.rewards.nft import nft_loss
-  from wc_jax.rl.optim import make_optimizer
-  rl, o = cfg.rl, cfg.optim
-  k = int(rl.best_of_n)
-  n_sig = max(1, int(int(rl.rollout_steps) * float(rl.sigma_fraction)))
+  """Lowers the LingBot RL trainer's own update (wc_jax.rl.lingbot.make_update) on abstract A14B
+  weights: K kept samples x the sigmas drawn in the trained expert's timestep range. With
+  rl.expert='both' the trainer runs each expert's update in turn; one of them is planned (the
+  same program and memory for either)."""
+  from wc_jax.rl import lingbot as lingbot_rl
+  rl = cfg.rl
+  expert = lingbot_rl.trained_experts(rl.get("expert", "low"))[0]
+  settings = lingbot_rl.update_settings(cfg, expert)
+  k, n_sig = settings["kept"], settings["n_sigmas"]
   micro = k * n_sig
-  tx = make_optimizer(lr=float(o.lr), weight_decay=float(o.weight_decay), grad_clip=float(o.grad_clip),
-                      use_muon=False, b1=float(o.b1), b2=float(o.b2))
-  beta, adv_clip, decay = float(rl.beta), float(rl.adv_clip), float(rl.policy_ema_decay)
+  tx = lingbot_rl.make_optimizer(cfg.optim)
+  update = lingbot_rl.make_update(apply, tx, **settings)
   inp = _lingbot_inputs(cfg, mcfg, 1)
   sds = jax.ShapeDtypeStruct
-
-  def init(params):
-    f32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
-    return {"params": f32(params), "policy": f32(params), "opt": tx.init(f32(params))}
-
-  train_state = jax.eval_shape(init, state)
+  train_state = jax.eval_shape(lambda p: lingbot_rl.init_train_state(p, tx), state)
   st_shard = sharding.state_shardings(train_state, mesh)
-
-  def update(ts, x0, y, context, cam, sigmas, advantages, key):
-    """x0 [K, C, F, H, W] kept samples; sigmas [K, S]; advantages [K]."""
-    params, policy = ts["params"], ts["policy"]
-    idx = jnp.repeat(jnp.arange(k), n_sig)
-
-    def one(carry, xs):   # the weights ride in the carry: nnx modules merge tracers of one level
-      grads, params, policy = carry
-      i, sigma, j = xs
-      x = x0[i][None]
-      noise = jax.random.normal(jax.random.fold_in(key, j), x.shape, jnp.float32)
-      x_t = (1.0 - sigma) * x + sigma * noise
-      t = (sigma * 1000.0)[None]
-      v_old = jax.lax.stop_gradient(apply(policy, x_t, t, context, y=y, cam=cam))
-
-      def loss_fn(p):
-        v = apply(p, x_t, t, context, y=y, cam=cam)
-        out = nft_loss(v, v_old, x_t, x, sigma, advantages[i][None], beta=beta, adv_clip_max=adv_clip,
-                       grad_accum_steps=micro)
-        return out.loss.sum()
-
-      loss, g = jax.value_and_grad(loss_fn)(params)
-      return (jax.tree.map(jnp.add, grads, g), params, policy), loss
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, _, _), losses = jax.lax.scan(one, (zeros, params, policy), (idx, sigmas.reshape(-1), jnp.arange(micro)))
-    updates, opt = tx.update(grads, ts["opt"], params)
-    new = optax.apply_updates(params, updates)
-    policy = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, policy, new)
-    return {"params": new, "policy": policy, "opt": opt}, jnp.mean(losses)
-
   rep = NamedSharding(mesh, P())
   args = (train_state, sds((k,) + inp["x"].shape[1:], jnp.float32), inp["y"], inp["context"], inp["cam"],
           sds((k, n_sig), jnp.float32), sds((k,), jnp.float32), jax.random.key(0))
@@ -573,7 +506,8 @@ def _lingbot_update(cfg, mcfg, apply, state, pshard, mesh, topology, tokens, com
   r = _compile_and_report(
       update, args, (st_shard,) + (rep,) * 7, (st_shard, rep), mesh, topology,
       "LingBot RL update", analytic,
-      f"per pass v_old fwd 1 + fwd 1 + bwd 2 (+ remat 1, {mcfg.remat_policy}); {k} kept x {n_sig} sigmas",
+      f"per pass v_old fwd 1 + fwd 1 + bwd 2 (+ remat 1, {mcfg.remat_policy}); {k} kept x {n_sig} sigmas "
+      f"of the {expert}-noise expert's {len(lingbot_rl.expert_sigmas(cfg, expert))} rollout steps",
       {**common, "expert": rl.get("expert", "low"), "kept": k, "sigmas_per_sample": n_sig, "passes": passes,
        "train_state_bytes_per_chip": sharded_bytes(train_state, st_shard),
        "optimizer": "clip_by_global_norm + AdamW, fp32 master weights + policy EMA"},

@@ -5,7 +5,7 @@ candidate axis (and shardable over the mesh's data axes: see
 `wc_jax.rewards.batch.score_candidates`). Shapes are checked at trace time.
 See docs/rewards.md.
 """
-from wc_jax.rewards._model import BoundModel, bind_model
+from wc_jax.rewards._model import BoundModel, bind_model, call_with_model
 from wc_jax.rewards.accuracy import (ActionAccuracy, action_accuracy, compared_frames,
                                      latent_to_frame_labels)
 from wc_jax.rewards.advantages import (GroupAdvantage, GrpoInputs, best_of_n_mask,
@@ -26,7 +26,7 @@ from wc_jax.rewards.registry import REWARDS, RewardSpec, default_weights, get_re
 from wc_jax.rewards.similarity import embedding_similarity_reward
 
 __all__ = [
-    "BoundModel", "bind_model", "ActionAccuracy", "action_accuracy", "compared_frames",
+    "BoundModel", "bind_model", "call_with_model", "ActionAccuracy", "action_accuracy", "compared_frames",
     "latent_to_frame_labels", "GroupAdvantage", "GrpoInputs", "best_of_n_mask",
     "combine_advantages", "group_advantages", "prepare_grpo", "candidate_sharding",
     "score_candidates", "idm_reward", "interaction_reward", "interaction_scores", "GT_THRESHOLDS",

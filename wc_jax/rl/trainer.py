@@ -1,7 +1,9 @@
 """The WorldCompass RL loop: rollout -> decode -> rewards -> advantages -> NFT update -> EMAs.
 
 Everything is built from one ml_collections config (see configs/tiny.py); `Trainer.run`
-is what `python -m wc_jax.train` calls.
+is what `python -m wc_jax.train` calls. `Trainer.run` is the generic loop (resume, metrics,
+videos, checkpoints, SIGTERM); `Trainer.step` is WorldPlay's RL step, or a backbone's
+(wc_jax.rl.backbone: e.g. LingBot-World's, wc_jax.rl.lingbot) when one is given.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from wc_jax.rewards.advantages import prepare_grpo
 from wc_jax.rewards.nft import nft_advantage
 from wc_jax.rewards.stage import RewardStage
 from wc_jax.rl import checkpoint as ckpt_lib
+from wc_jax.rl.backbone import Backbone
 from wc_jax.rl.curriculum import target_clip
 from wc_jax.rl import data_source
 from wc_jax.rl.data_source import SyntheticTrajectories, make_data  # noqa: F401 (re-export)
@@ -61,22 +64,32 @@ def _encode_text_fn(apply, params, *args):
 class Trainer:
 
   def __init__(self, cfg, workdir: str, *, reward_stage: RewardStage | None = None, data: Iterator | None = None,
-               mesh=None):
-    run_config.validate(cfg, required=("model", "sampling", "text", "mesh", "rl", "optim", "checkpoint"))
+               mesh=None, backbone: Backbone | None = None):
+    """`backbone`: another world model's RL step (wc_jax.rl.backbone; e.g. LingBot-World's); None:
+    this class's own WorldPlay step, built from the config here."""
+    self.backbone = backbone
+    if backbone is None:
+      run_config.validate(cfg, required=("model", "sampling", "text", "mesh", "rl", "optim", "checkpoint"))
     run_config.check_workdir(str(workdir))
     self.cfg = cfg
     self.workdir = ckpt_lib.as_path(workdir)   # local or gs:// (etils.epath), never a local "gs:" folder
-    # the composition root (wc_jax.rl.root): `python -m wc_jax.plan` lowers these same programs
-    run = root.build(cfg, mesh)
-    self.mcfg, self.mesh, self.apply, self.engine = run.mcfg, run.mesh, run.apply, run.engine
-    self.tx, self.update = run.update.tx, run.update.fn
-    self.param_shardings, self.state_shardings = run.update.param_shardings, run.update.state_shardings
-    with phase("placing the train state on the mesh", f"{dict(self.mesh.shape)}"):
-      params = jax.device_put(run.params, self.param_shardings)
-      self.state = jax.device_put(init_state(params, self.tx, cfg.seed), self.state_shardings)
-    self.reward_stage = reward_stage
-    self.data = data if data is not None else root.data(cfg, self.mcfg)
-    self.traj_sharding = self._trajectory_sharding(int(cfg.rl.get("trajectories_per_step", 1)))
+    if backbone is not None:
+      self.mesh, self.reward_stage, self.traj_sharding = backbone.mesh, None, None
+      with phase("building the train state", type(backbone).__name__):
+        self.state = backbone.init_state()
+      self.data = data if data is not None else backbone.data
+    else:
+      # the composition root (wc_jax.rl.root): `python -m wc_jax.plan` lowers these same programs
+      run = root.build(cfg, mesh)
+      self.mcfg, self.mesh, self.apply, self.engine = run.mcfg, run.mesh, run.apply, run.engine
+      self.tx, self.update = run.update.tx, run.update.fn
+      self.param_shardings, self.state_shardings = run.update.param_shardings, run.update.state_shardings
+      with phase("placing the train state on the mesh", f"{dict(self.mesh.shape)}"):
+        params = jax.device_put(run.params, self.param_shardings)
+        self.state = jax.device_put(init_state(params, self.tx, cfg.seed), self.state_shardings)
+      self.reward_stage = reward_stage
+      self.data = data if data is not None else root.data(cfg, self.mcfg)
+      self.traj_sharding = self._trajectory_sharding(int(cfg.rl.get("trajectories_per_step", 1)))
     self.local_ids: list[str] = []       # the record ids this process read for the last step
     self.workdir.mkdir(parents=True, exist_ok=True)    # only once the config was found valid
     self.ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints", cfg)
@@ -89,7 +102,11 @@ class Trainer:
   def step(self, step: int) -> dict:
     """One RL step over `rl.trajectories_per_step` trajectories: each gets its own prefix,
     context and G candidates; advantages are z-scored over all T*G candidates ("global" std)
-    or per group; best-of-N per trajectory; one update consumes every kept sample."""
+    or per group; best-of-N per trajectory; one update consumes every kept sample.
+    With a backbone, its step instead (the state and the video media come back from it)."""
+    if self.backbone is not None:
+      self.state, out, self._media = self.backbone.step(self.state, step)
+      return out
     cfg = self.cfg
     rl = cfg.rl
     n_traj = int(rl.get("trajectories_per_step", 1))
@@ -156,16 +173,12 @@ class Trainer:
     return out
 
   def _trajectory_sharding(self, n_traj: int):
-    """Where the step's [T, ...] trajectory arrays live across processes: the composition
-    root's choice when it offers one, else the data source's rule (both logged)."""
+    """Where the step's [T, ...] trajectory arrays live across processes: the data source's rule
+    (logged)."""
     data_source.check_trajectories(n_traj, jax.process_count())
     if jax.process_count() == 1:
       return None                        # one process reads every trajectory itself
-    from_root = getattr(root, "trajectory_sharding", None)
-    if from_root is not None:
-      shard, how = from_root(self.cfg, self.mesh), "from wc_jax.rl.root.trajectory_sharding"
-    else:
-      shard, how = data_source.trajectory_sharding(self.mesh, n_traj)
+    shard, how = data_source.trajectory_sharding(self.mesh, n_traj)
     rows = data_source.process_rows(shard, n_traj)
     log.info("data: %d trajectories per step, %s; process %d reads rows %s from its own shard", n_traj, how,
              jax.process_index(), list(rows.get(jax.process_index(), ())))
@@ -207,7 +220,7 @@ class Trainer:
     start, restored = 1, None
     if self.ckpt.latest_step() is not None:
       with phase("restoring the newest checkpoint", f"step {self.ckpt.latest_step()}"):
-        restored = self.ckpt.restore_latest(self.state, self.data)
+        restored = self.ckpt.restore_latest(self.state, self.data, reward_stage=self.reward_stage)
       if restored is not None:
         self.state, start = restored
         log.info("resumed from step %d", start - 1)
@@ -242,7 +255,7 @@ class Trainer:
         except StopIteration:                # a finite data stream (data.num_epochs) ran out
           log.warning("data exhausted: stopping before step %d", step)
           if step - 1 >= start and (step - 1) % every:
-            self.ckpt.save(step - 1, self.state, self.data)
+            self.ckpt.save(step - 1, self.state, self.data, reward_stage=self.reward_stage)
           break
         profiler.after(step, self.state)
         evaluated = self._evaluate(step, lead)
@@ -265,7 +278,7 @@ class Trainer:
         if step % every == 0 or step == total or stop:
           if writer is not None:
             writer.flush()                   # metrics reach the workdir with their checkpoint
-          self.ckpt.save(step, self.state, self.data)
+          self.ckpt.save(step, self.state, self.data, reward_stage=self.reward_stage)
         if stop:
           break
     finally:
