@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce.py [--workdir=/tmp/wc_repro] [--quick]
         [--base_seeds=0] [--rl_seeds=0,1,2] [--eval_seed=0] [--trajectories=64] [--from_scratch]
+        [--methods=wc,swirl_fixed,swirl_alt,rwml,wc+rwml]
 
 1. base model per base seed: the committed checkpoint when one matches the config
    (benchmarks/assets/synthetic_base_seed<b>/), else trained here (wc_jax.world.base_train;
@@ -16,6 +17,13 @@
    permuted within each group) and supervised fine-tuning for the same wall time;
 6. every model rolled out on the same held-out trajectories with the same noises; the table
    gives means and paired-bootstrap 95 % CIs (resampling runs and trajectories).
+
+`--methods` picks the RL arms (default `wc`, the WorldCompass run above); every arm runs through
+the same protocol (bases, seeds, data stream, held-out set, judge, CIs) and only its reward
+differs (ARMS): `swirl_fixed` (the IDM reward alone, IDM fixed), `swirl_alt` (the same with SWIRL's
+alternation, config section `swirl`), `rwml` (RWML's binarised sim-to-real reward with the
+easy-group filter, `rewards.rwml`), `wc+rwml` (the WorldCompass rewards plus RWML). The shuffled
+control and the equal-time SFT baseline belong to `wc`.
 
 Every stage caches its output in the workdir (base*/, idm_*.npz, eval_*.npz, <run>/final,
 evals/*.npz), so a rerun only redoes what is missing.
@@ -224,36 +232,101 @@ def stage_evaluate(name: str, cfg, wd: pathlib.Path, checkpoint, latent, clips, 
   return m
 
 
+# RL arms: reward weights (None: the config's rewards.weights) and whether SWIRL alternates the IDM
+ARMS = {
+    "wc": (None, False),
+    "swirl_fixed": ({"idm": 1.0}, False),
+    "swirl_alt": ({"idm": 1.0}, True),
+    "rwml": ({"rwml": 1.0}, False),
+    "wc+rwml": ("+rwml", False),
+}
+ARM_HEADS = {"swirl_fixed": "SWIRL, fixed IDM", "swirl_alt": "SWIRL, alternating IDM", "rwml": "RWML",
+             "wc+rwml": "WorldCompass + RWML"}
+
+
+def arm_weights(cfg, arm: str) -> dict:
+  w, _ = ARMS[arm]
+  base = {k: float(v) for k, v in cfg.rewards.weights.items()}
+  if w is None:
+    return base
+  if w == "+rwml":
+    return {**base, "rwml": 1.0}
+  return dict(w)
+
+
+def parse_methods(text: str) -> list[str]:
+  out = [m.strip() for m in text.split(",") if m.strip()]
+  bad = [m for m in out if m not in ARMS]
+  if bad or not out:
+    raise SystemExit(f"reproduce: --methods takes a comma-separated subset of {', '.join(ARMS)}; got {text!r}")
+  return list(dict.fromkeys(out))
+
+
+def seconds_per_step(rd: pathlib.Path, seconds: float, steps: int) -> float:
+  """Median wall time of an RL step (rollout + rewards, an IDM phase included, + update) after the
+  first (compilation); the run's mean when it had one step."""
+  f = rd / "metrics.jsonl"
+  if f.exists():
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    t = [r.get("time_rollout", 0) + r.get("time_reward", 0) + r.get("time_update", 0) for r in rows[1:]]
+    if t:
+      return float(np.median(t))
+  return seconds / max(1, steps)
+
+
+def step_seconds(cfg, wd: pathlib.Path, run: dict, kind: str, b: int, s: int, tag: str = "") -> float:
+  """A finished run's seconds per RL step (from its done.json, else from its metrics)."""
+  if "seconds_per_step" in run:
+    return float(run["seconds_per_step"])
+  return seconds_per_step(wd / run_name(kind, b, s, tag), float(run["seconds"]), int(cfg.rl.total_steps))
+
+
 def run_name(kind: str, b: int, s: int, tag: str = "") -> str:
   """Run folders: rl_seed<s> / shuffled_seed<s> / sft_seed<s> for base seed 0, base<b>_... otherwise
   (setting (b): prefixed by corrupt<p>_)."""
   return tag + (f"base{b}_" if b else "") + f"{kind}_seed{s}"
 
 
-def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shuffled: bool = False) -> dict:
-  """One RL run (or its shuffled-reward control): {"model": EMA checkpoint, "seconds"}."""
-  rd = wd / run_name("shuffled" if shuffled else "rl", b, seed, base.get("tag", ""))
+def arm_kind(arm: str) -> str:
+  """Run-folder kind of an arm: "rl" for WorldCompass (the folders of earlier studies), else the arm."""
+  return "rl" if arm == "wc" else arm.replace("+", "_")
+
+
+def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shuffled: bool = False,
+             arm: str = "wc") -> dict:
+  """One RL run of an arm (or the shuffled-reward control of `wc`): {"model": EMA checkpoint,
+  "seconds", "seconds_per_step"}. `swirl_alt` trains its own copy of the reward IDM."""
+  rd = wd / run_name("shuffled" if shuffled else arm_kind(arm), b, seed, base.get("tag", ""))
   done = rd / "done.json"
-  if done.exists():
+  if done.exists():   # runs of earlier studies have no seconds_per_step: see step_seconds
     return {"model": rd / "final", **json.loads(done.read_text())}
   from wc_jax.rl.trainer import Trainer
   c = copy.deepcopy(cfg)
   c.model.checkpoint = str(pathlib.Path(base["model"]).absolute())
   c.seed = int(seed)
+  weights, alternate = arm_weights(c, arm), ARMS[arm][1]
+  c.rewards.weights = type(c.rewards.weights)(weights)
+  if alternate:
+    c.swirl.enabled = True
+    idm = R.load_idm(wd / "idm_reward.npz", c)     # a fresh copy: the alternation trains it in place
   latent = base["latent"]
   data = D.WorldTrajectories(latent, c.model, c.text, c.model.chunk_latents * c.rl.max_clip,
                              B.scene_range(c.world.train_scenes), 50_000_000 + 1000 * seed, B.world_config(c))
-  stage = R.make_reward_stage(latent, idm, dict(c.rewards.weights))
+  stage = R.make_reward_stage(latent, idm, weights, rwml=c.rewards.get("rwml", None))
+  stage = R.make_swirl_stage(stage, idm, c, log=log) if alternate else stage
   if shuffled:
     stage = R.ShuffledRewardStage(stage, seed=1_000 + seed)
   trainer = Trainer(c, str(rd), reward_stage=stage, data=data)
   t = time.time()
   trainer.run()
   seconds = time.time() - t
-  B.save_params(trainer.state.ema, rd / "final", c, {"rl_steps": int(c.rl.total_steps), "shuffled": shuffled})
-  done.write_text(json.dumps({"seconds": seconds}))
-  log(f"{rd.name}: {c.rl.total_steps} steps x {c.rl.trajectories_per_step} trajectories in {seconds:.0f}s")
-  return {"model": rd / "final", "seconds": seconds}
+  B.save_params(trainer.state.ema, rd / "final", c, {"rl_steps": int(c.rl.total_steps), "shuffled": shuffled,
+                                                      "arm": arm})
+  per_step = seconds_per_step(rd, seconds, int(c.rl.total_steps))
+  done.write_text(json.dumps({"seconds": seconds, "seconds_per_step": per_step, "arm": arm, "weights": weights}))
+  log(f"{rd.name}: {c.rl.total_steps} steps x {c.rl.trajectories_per_step} trajectories in {seconds:.0f}s "
+      f"({per_step:.2f}s per step after the first)")
+  return {"model": rd / "final", "seconds": seconds, "seconds_per_step": per_step}
 
 
 def stage_sft(cfg, wd: pathlib.Path, base: dict, b: int, seed: int, seconds: float, log, corrupt: float = 0.0) -> dict:
@@ -323,12 +396,16 @@ def _ci(d, digits):
   return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def table(per: dict, horizons, h_rl: int, ceiling: dict, n_boot: int) -> str:
+def table(per: dict, horizons, h_rl: int, ceiling: dict, n_boot: int, step_time: dict | None = None) -> str:
   """per[method][horizon][metric] -> [R, N] per-trajectory arrays (R runs; base/best-of: one row
-  per base seed, broadcast to the runs of that base seed by the caller)."""
-  methods = [m for m in ("clean_base", "base", "best_of", "sft", "sft_corrupt", "shuffled", "rl") if m in per]
+  per base seed, broadcast to the runs of that base seed by the caller). step_time[method]: seconds
+  per RL step of each run (the last row)."""
+  order = ("clean_base", "base", "best_of", "sft", "sft_corrupt", "shuffled", "rl") + tuple(
+      arm_kind(a) for a in ARMS if a != "wc")
+  methods = [m for m in order if m in per]
   heads = {"clean_base": "clean base", "base": "base", "best_of": "best-of-G (reward)", "sft": "SFT (equal time)",
-           "sft_corrupt": "SFT on corrupted data", "shuffled": "shuffled RL", "rl": "WorldCompass RL"}
+           "sft_corrupt": "SFT on corrupted data", "shuffled": "shuffled RL", "rl": "WorldCompass RL",
+           **{arm_kind(a): h for a, h in ARM_HEADS.items()}}
   rows = ["| metric | horizon | " + " | ".join(heads[m] for m in methods) +
           " | RL − base [95 % CI] | RL − shuffled [95 % CI] | RL − SFT [95 % CI] | judge on GT |",
           "|---|---|" + "---|" * (len(methods) + 4)]
@@ -347,6 +424,24 @@ def table(per: dict, horizons, h_rl: int, ceiling: dict, n_boot: int) -> str:
       gt = ceiling.get(h, {}).get(key) if key in ("exact", "fine", "idm_exact") else None
       rows.append(f"| {label} | {h} ({h // h_rl}×) | " + " | ".join(cells) + " | " + " | ".join(diffs) +
                   f" | {'–' if gt is None else f'{np.mean(gt):.{dg}f}'} |")
+  if step_time:
+    cells = ["–" if not step_time.get(m) else f"{np.mean(step_time[m]):.2f}" for m in methods]
+    rows.append("| wall time per RL step (s) | – | " + " | ".join(cells) + " | – | – | – | – |")
+  arms = [m for m in methods if m in {arm_kind(a) for a in ARMS if a != "wc"}]
+  if arms:   # each extra arm against the base and WorldCompass RL, paired like the columns above
+    rows += ["", "| metric | horizon | " + " | ".join(f"{heads[m]} − base [95 % CI] | {heads[m]} − RL [95 % CI]"
+                                                     for m in arms) + " |", "|---|---|" + "---|---|" * len(arms)]
+    for key, (label, dg) in METRICS.items():
+      for h in horizons:
+        if key not in per["base"][h]:
+          continue
+        cells = []
+        for m in arms:
+          a = per[m].get(h, {}).get(key)
+          for other in ("base", "rl"):
+            bb = per.get(other, {}).get(h, {}).get(key)
+            cells.append("–" if a is None or bb is None else _ci(S.paired_bootstrap(a, bb, n_boot=n_boot), dg))
+        rows.append(f"| {label} | {h} ({h // h_rl}×) | " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
 
@@ -382,6 +477,8 @@ def main(argv=None):
   ap.add_argument("--trajectories", type=int, default=0, help="held-out trajectories (default: eval.trajectories)")
   ap.add_argument("--from_scratch", action="store_true", help="train the base here even if a committed one matches")
   ap.add_argument("--skip", default="", help="comma-separated stages to leave out: rl, shuffled, sft, best_of")
+  ap.add_argument("--methods", default="wc", help=f"comma-separated RL arms: {', '.join(ARMS)} (default wc: "
+                  "WorldCompass; its shuffled control and SFT baseline run with it)")
   ap.add_argument("--gates_only", action="store_true", help="stop after the capability and headroom gates")
   ap.add_argument("--corrupt", type=float, default=0.0,
                   help="setting (b): first train each base further with labels AND poses corrupted for this fraction "
@@ -398,6 +495,9 @@ def main(argv=None):
   skip = {s for s in args.skip.split(",") if s}
   if skip - {"rl", "shuffled", "sft", "best_of"}:
     raise SystemExit(f"reproduce: --skip takes rl, shuffled, sft, best_of; got {sorted(skip)}")
+  methods = parse_methods(args.methods)
+  if "wc" not in methods:
+    skip |= {"rl", "shuffled"}   # the control and the SFT budget are WorldCompass's
   if "rl" in skip:
     skip |= {"sft"}            # SFT's budget is the RL run's time
   n_traj = int(args.trajectories or cfg.eval.trajectories)
@@ -444,6 +544,7 @@ def main(argv=None):
     log(f"gates of base seed {b}: " + json.dumps(_rounded(gates[b])))
 
   per: dict = {}
+  step_time: dict = {}
 
   def add(method, h, arrays_by_run):
     per.setdefault(method, {}).setdefault(h, {})
@@ -461,7 +562,8 @@ def main(argv=None):
     picks = {b: bo[b]["exact"][bo[b]["score"].argmax(0), np.arange(n_traj)] for b in base_seeds}
     per.setdefault("best_of", {})[h_rl] = {"exact": np.stack([picks[b] for b, _ in runs])}
   if not args.gates_only:
-    evals: dict = {k: [] for k in ("rl", "shuffled", "sft", "sft_corrupt")}
+    extra = [arm_kind(a) for a in methods if a != "wc"]
+    evals: dict = {k: [] for k in ("rl", "shuffled", "sft", "sft_corrupt", *extra)}
     rl_time = {}
     for b, s in runs:
       tag = bases[b]["tag"]
@@ -470,7 +572,14 @@ def main(argv=None):
           continue
         r = stage_rl(cfg, wd, bases[b], idms["reward"], b, s, log, shuffled=kind == "shuffled")
         rl_time[(b, s)] = rl_time.get((b, s), r["seconds"])
+        step_time.setdefault(kind, []).append(step_seconds(cfg, wd, r, kind, b, s, tag))
         evals[kind].append(evaluate(bases[b], r["model"], run_name(kind, b, s, tag)))
+      for arm in methods:
+        if arm == "wc":
+          continue
+        r = stage_rl(cfg, wd, bases[b], idms["reward"], b, s, log, arm=arm)
+        step_time.setdefault(arm_kind(arm), []).append(step_seconds(cfg, wd, r, arm_kind(arm), b, s, tag))
+        evals[arm_kind(arm)].append(evaluate(bases[b], r["model"], run_name(arm_kind(arm), b, s, tag)))
       if "sft" not in skip:
         for kind, p in (("sft", 0.0), ("sft_corrupt", args.corrupt)):
           if kind == "sft" or p:
@@ -483,13 +592,14 @@ def main(argv=None):
     if evals["rl"]:
       save_gifs(wd, (np.clip(clips.frames[:4], 0, 1) * 255).astype(np.uint8), base_m[base_seeds[0]]["frames_head"],
                 evals["rl"][0]["frames_head"])
-  md = table(per, horizons, h_rl, ceiling, int(cfg.study.n_boot))
+  md = table(per, horizons, h_rl, ceiling, int(cfg.study.n_boot), step_time)
   total = time.time() - t0
   cmd = ("python benchmarks/reproduce.py" + (" --quick" if args.quick else "") + f" --workdir={args.workdir}"
          f" --base_seeds={args.base_seeds} --rl_seeds={args.rl_seeds} --eval_seed={args.eval_seed}"
          + (f" --trajectories={args.trajectories}" if args.trajectories else "")
          + (" --from_scratch" if args.from_scratch else "") + (f" --skip={args.skip}" if args.skip else "")
-         + (" --gates_only" if args.gates_only else "") + (f" --corrupt={args.corrupt:g}" if args.corrupt else ""))
+         + (" --gates_only" if args.gates_only else "") + (f" --corrupt={args.corrupt:g}" if args.corrupt else "")
+         + (f" --methods={args.methods}" if args.methods != "wc" else ""))
   gate_md = ["| base seed | exact @1× (%) | per primitive exact @1× (%) | capable (≥ 60, each ≥ 40) | "
              "best-of-G by reward − mean | within-group corr | headroom ok (≥ +25, ≥ 0.5) |", "|---|---|---|---|---|---|---|"]
   for b, gt_ in gates.items():
@@ -510,6 +620,7 @@ def main(argv=None):
   print("\n" + text)
   (wd / "results.json").write_text(json.dumps(
       {"gates": {str(k): v for k, v in gates.items()}, "horizons": horizons, "seconds": total, "command": cmd,
+       "seconds_per_rl_step": {k: float(np.mean(v)) for k, v in step_time.items()},
        "means": {m: {str(h): {k: float(np.mean(v)) for k, v in d.items()} for h, d in hs.items()} for m, hs in per.items()}},
       indent=1, default=float))
   (wd / "results.md").write_text(text + "\n")

@@ -68,6 +68,18 @@ def get_config() -> ml_collections.ConfigDict:
       lr=2e-4, weight_decay=1e-4, grad_clip=2.0, grad_accum=1, muon=False, muon_rms=0.2, b1=0.9, b2=0.999))
   c.rewards = ml_collections.ConfigDict()
   c.rewards.weights = ml_collections.ConfigDict(dict(idm=2.0, drift=1.0))
+  # RWML (rewards.weights.rwml > 0; the study's `rwml` / `wc+rwml` arms): cosine similarity of each
+  # candidate's new frames to the world's true continuation in a fixed embedding space (random_conv
+  # | pixels), 1.0 at or above `threshold`; a group whose candidates ALL reach easy_threshold (-1:
+  # = threshold) is dropped from the ranking when filter_easy. wc_jax.world.reward.rwml_options.
+  c.rewards.rwml = ml_collections.ConfigDict(dict(encoder="random_conv", threshold=0.7, binarize=True,
+                                                  filter_easy=True, easy_threshold=-1.0, seed=0))
+  # SWIRL's alternation (the study's `swirl_alt` arm): after every `every` RL steps, `steps` IDM
+  # updates on the policy's generations since the last phase, objective "grpo" (SWIRL: reward =
+  # agreement of the IDM's sampled actions with the commanded ones) or "supervised" (cross-entropy
+  # on the real frames: the baseline). wc_jax.rl.swirl.
+  c.swirl = ml_collections.ConfigDict(dict(enabled=False, every=1, steps=4, objective="grpo", lr=1e-4,
+                                           batch_size=16, samples=8, seed=0))
 
   # Held-out evaluation (benchmarks/reproduce.py --eval_seed picks the scenes, trajectories and
   # noises): 64 trajectories at 1x, 2x, 4x the RL horizon.

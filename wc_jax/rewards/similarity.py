@@ -82,3 +82,37 @@ def embedding_similarity_reward(generated, real, encoder: Encoder, *, pooling: s
   return _model.call_with_model(
       _similarity_impl, encoder, (generated, real, thr),
       {"pooling": pooling, "offset": offset, "stride": stride, "binarize": threshold is not None})
+
+
+# ----------------------------------------------------------------------------- RWML's group rules
+
+def binarize(similarity, threshold: float):
+  """RWML's binary reward: 1.0 where similarity >= threshold, else 0.0 (float32, same shape)."""
+  return (jnp.asarray(similarity, jnp.float32) >= jnp.float32(threshold)).astype(jnp.float32)
+
+
+def easy_groups(similarity, threshold: float):
+  """RWML's easy-sample rule on a group of candidates: [..., G] similarities -> [...] bool, True
+  where EVERY candidate of the group already reaches `threshold` (the model gets this
+  continuation right whatever the noise: nothing to learn from it)."""
+  s = jnp.asarray(similarity, jnp.float32)
+  if s.ndim < 1 or s.shape[-1] < 1:
+    raise ValueError(f"easy_groups: similarity must be [..., G] with G >= 1 candidates, got shape {s.shape}")
+  return jnp.all(s >= jnp.float32(threshold), axis=-1)
+
+
+def filter_easy_groups(scores: dict, easy) -> dict:
+  """Drops easy groups from the ranking: in a group marked `easy` ([...] bool) every reward of
+  `scores` (name -> [..., G]) is replaced by its group mean, so the group's candidates all get
+  advantage 0 under every std_type (`rewards.advantages.group_advantages`) and none is preferred;
+  other groups are returned unchanged. (A GRPO/NFT batch keeps its shape: the group stays in the
+  update with zero advantage rather than being cut out of it.)"""
+  easy = jnp.asarray(easy, bool)
+  out = {}
+  for k, v in scores.items():
+    v = jnp.asarray(v, jnp.float32)
+    if v.shape[:-1] != easy.shape:
+      raise ValueError(f"filter_easy_groups: score {k!r} has shape {v.shape}; easy needs its group shape "
+                       f"{v.shape[:-1]}, got {easy.shape}")
+    out[k] = jnp.where(easy[..., None], jnp.mean(v, axis=-1, keepdims=True), v)
+  return out

@@ -1,5 +1,12 @@
 """Orbax checkpointing of the RL state: model, optimizer, both EMAs, step, RNG, data-iterator
-state and config, saved asynchronously; a run resumes from the newest intact step.
+state, the reward stage's state (when it has one) and config, saved asynchronously; a run resumes
+from the newest intact step.
+
+A reward stage with state (`get_state()` / `set_state(tree)`: a ShuffledRewardStage's call count,
+a SWIRL stage's IDM weights and optimizer) is saved as the item "reward", a pytree of arrays; its
+Python ints come back as 0-d arrays, so `set_state` converts them. A step written without that item
+(before it existed, or by a run with a stateless stage) still restores: the stage keeps its state
+and a warning says so.
 
 A checkpoint of another model config is refused with a message naming the differences.
 
@@ -20,6 +27,7 @@ import sys
 import warnings
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -111,6 +119,24 @@ def _multiprocess() -> bool:
   return jax.process_count() > 1
 
 
+REWARD_ITEM = "reward"
+
+
+def stateful(obj) -> bool:
+  """True for an object with the checkpoint protocol: `get_state()` -> pytree of arrays and ints,
+  `set_state(tree)`."""
+  return obj is not None and callable(getattr(obj, "get_state", None)) and callable(getattr(obj, "set_state", None))
+
+
+def _reward_tree(reward_stage):
+  """The stage's state as a pytree of NumPy arrays (ints become 0-d int64 arrays), or None when
+  the stage keeps no state."""
+  if not stateful(reward_stage):
+    return None
+  tree = jax.tree.map(lambda x: np.array(x), reward_stage.get_state())   # a copy: saves may be async
+  return tree if jax.tree.leaves(tree) else None
+
+
 class Checkpointer:
 
   def __init__(self, directory, cfg, max_to_keep: int | None = None):
@@ -121,14 +147,18 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or cfg.checkpoint.keep,
                                            enable_async_checkpointing=bool(cfg.checkpoint.get("async_save", True)))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "config"))
+                                         item_names=("state", "data", "config", REWARD_ITEM))
 
-  def save(self, step: int, state: TrainState, data) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(data.get_state()),
-                              config=ocp.args.JsonSave({"model": _model_fingerprint(self.cfg),
-                                                        "full": json.loads(self.cfg.to_json())}))
-    self.manager.save(step, args=args)
+  def save(self, step: int, state: TrainState, data, reward_stage=None) -> None:
+    """Saves step `step`; `reward_stage`'s state too when it has the get_state/set_state protocol."""
+    items = dict(state=ocp.args.StandardSave(state),
+                 data=ocp.args.JsonSave(data.get_state()),
+                 config=ocp.args.JsonSave({"model": _model_fingerprint(self.cfg),
+                                           "full": json.loads(self.cfg.to_json())}))
+    reward = _reward_tree(reward_stage)
+    if reward is not None:
+      items[REWARD_ITEM] = ocp.args.StandardSave(reward)
+    self.manager.save(step, args=ocp.args.Composite(**items))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -190,12 +220,19 @@ class Checkpointer:
       raise RuntimeError(f"moved checkpoint step {step} from {src} to {dst}, yet Orbax still lists it")
     return dst
 
-  def restore_latest(self, state_like: TrainState, data):
+  def _has_item(self, step: int, name: str) -> bool:
+    try:
+      return (self._step_dir(step) / name).exists()
+    except Exception:  # noqa: BLE001  (an unreadable folder: the restore itself will say)
+      return False
+
+  def restore_latest(self, state_like: TrainState, data, reward_stage=None):
     """(state, next_step) from the newest readable checkpoint, or None when there is none.
 
     Steps are tried newest first. Steps newer than the one restored could not be read (a
     truncated or missing file, ...): each is named in one warning and moved aside, see the module
-    doc. `data` is only set from a step that was read completely.
+    doc. `data` (and `reward_stage`, when it has the get_state/set_state protocol and the step
+    holds its item) is only set from a step that was read completely.
     Raises ConfigMismatch for a checkpoint of another model config (a user error: nothing moves),
     and RuntimeError when no step can be read: then nothing is moved either, for the same error on
     every step more likely means a changed setup (say, the optimizer's state) than damage, and the
@@ -208,11 +245,14 @@ class Checkpointer:
       _drop_abandoned_read_noise()   # before any restore: a failing one is noisy while it runs
     for step in sorted(self.manager.all_steps(), reverse=True):
       err, out, diff = None, None, {}
+      want_reward = stateful(reward_stage) and self._has_item(step, REWARD_ITEM)
       try:
         diff = self._model_diff(step)
         if not diff:
-          out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                    data=ocp.args.JsonRestore()))
+          items = dict(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
+          if want_reward:
+            items[REWARD_ITEM] = ocp.args.StandardRestore()
+          out = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # noqa: BLE001  (Orbax, TensorStore, JSON, ...: the step is unreadable)
         err = e
       if any_process(err is not None):   # every process moves on to the same older step
@@ -225,6 +265,12 @@ class Checkpointer:
         raise ConfigMismatch(f"checkpoint {self.directory} (step {step}) was written for another model config; "
                              f"differences (checkpoint vs now): {diff}")
       data.set_state(out["data"])
+      if want_reward:
+        reward_stage.set_state(jax.tree.map(np.asarray, out[REWARD_ITEM]))
+      elif _reward_tree(reward_stage) is not None:
+        log.warning("checkpoint step %d holds no reward-stage state (written before it was saved, or by a run "
+                    "whose reward stage kept none): %s starts from its initial state", step,
+                    type(reward_stage).__name__)
       for bad, reason in failed:
         self._move_aside(bad, reason, resumed=step)
       return out["state"], step + 1
