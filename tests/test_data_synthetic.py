@@ -167,6 +167,28 @@ def test_detail_fades_texture_but_keeps_the_layout():
   assert sw.make_scene(3, detail=0.0).ground_cell == pytest.approx(3 * sw.make_scene(3).ground_cell)
 
 
+def test_panels_and_sky_bands_make_a_turn_visible_and_tell_it_from_a_step():
+  """wall_panel / sky_contrast: a 15-degree turn changes the image more than on plain walls;
+  the sky (at infinity) moves under a turn and not under a sideways step."""
+  start = np.eye(4)
+  turn = T.motions_to_poses([{"yaw": np.deg2rad(15.0)}], start=start)[0]
+  step = _translation((0.5, 0.0, 0.0))
+  poses = np.stack([start, turn, step])
+  plain = sw.render(sw.make_scene(3, detail=0.0), poses, 24, 24)
+  panelled = sw.render(sw.make_scene(3, detail=0.0, wall_panel=1.5, sky_contrast=0.5), poses, 24, 24)
+  np.testing.assert_array_equal(plain.depth, panelled.depth)          # same geometry
+  change = lambda r, i: np.square(r.frames[i] - r.frames[0]).mean()
+  assert change(panelled, 1) > 1.3 * change(plain, 1)                 # the turn shows more
+  sky = np.isinf(panelled.depth[0]) & np.isinf(panelled.depth[2])
+  assert sky.sum() > 20
+  np.testing.assert_allclose(panelled.frames[2][sky], panelled.frames[0][sky], atol=1e-6)   # a step: same sky
+  sky_turn = np.isinf(panelled.depth[0]) & np.isinf(panelled.depth[1])
+  assert np.abs(panelled.frames[1][sky_turn] - panelled.frames[0][sky_turn]).mean() > 0.02  # a turn: not
+  # defaults are the old world
+  np.testing.assert_array_equal(sw.render(sw.make_scene(3, wall_panel=0.0, sky_contrast=0.15), poses, 12, 12).frames,
+                                sw.render(sw.make_scene(3), poses, 12, 12).frames)
+
+
 def test_clip_renders_fast_on_cpu():
   tr = T.random_trajectory(2, 17)          # 65 frames
   t0 = time.perf_counter()
@@ -186,6 +208,8 @@ def test_clip_renders_fast_on_cpu():
     (lambda: sw.make_scene(0, room_half=2.0), r"make_scene: room_half \(2.0\) must exceed clear_radius \+ 1"),
     (lambda: sw.make_scene(0, num_boxes=-1), "make_scene: object counts must be >= 0"),
     (lambda: sw.make_scene(0, detail=1.5), r"make_scene: detail must be in \[0, 1\], got 1.5"),
+    (lambda: sw.make_scene(0, wall_panel=-1.0), r"make_scene: wall_panel must be >= 0 \(0: plain walls\), got -1.0"),
+    (lambda: sw.make_scene(0, sky_contrast=2.0), r"make_scene: sky_contrast must be in \[0, 1\], got 2.0"),
     (lambda: sw.with_boxes(sw.plane_scene(), (0, 0, 0), (1, -1, 1)), "with_boxes: need lo < hi"),
     (lambda: sw.pooled_latent(np.zeros((8, 8)), 4, 4), r"pooled_latent: frame must be \[H,W,3\]"),
     (lambda: sw.pooled_latent(np.zeros((8, 8, 3)), 4, 16), "smaller than factor 16"),

@@ -53,6 +53,8 @@ class Scene:
   sky_colors: np.ndarray          # [2,3] horizon, zenith
   sky_bands: int                  # azimuthal bands of the sky pattern
   detail: float = 1.0             # surface-texture contrast in [0, 1] (grain, noise, bricks)
+  wall_panel: float = 0.0         # > 0: walls are vertical panels this wide, each its own brightness
+  sky_contrast: float = 0.15      # amplitude of the sky's azimuthal bands
 
   @property
   def num_boxes(self) -> int:
@@ -69,7 +71,8 @@ class Scene:
 
 
 def make_scene(seed: int, *, num_boxes: int | None = None, num_spheres: int | None = None,
-               room_half: float | None = None, clear_radius: float = 1.5, detail: float = 1.0) -> Scene:
+               room_half: float | None = None, clear_radius: float = 1.5, detail: float = 1.0,
+               wall_panel: float = 0.0, sky_contrast: float = 0.15) -> Scene:
   """A random scene; the same seed always gives the same scene.
 
   Args:
@@ -82,11 +85,20 @@ def make_scene(seed: int, *, num_boxes: int | None = None, num_spheres: int | No
       the grain, object noise and bricks towards their mean and widen the floor
       checkers by up to 3x (same layout and colours), a world of large, smooth regions
       for models too small to generate fine texture. Same seed, same random draws.
+    wall_panel: > 0 splits the walls into vertical panels this wide (world units), each
+      with its own brightness: structure that moves sideways under a turn (a smooth wall
+      does not change when the camera yaws; a small model then cannot see, nor learn, yaw).
+    sky_contrast: amplitude of the sky's azimuthal bands. The sky is at infinity, so it
+      shifts under a turn and not under a sideways step: the cue that tells yaw from strafe.
   """
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"make_scene: seed must be a non-negative integer, got {seed!r}")
   if not 0.0 <= float(detail) <= 1.0:
     raise ValueError(f"make_scene: detail must be in [0, 1], got {detail!r}")
+  if float(wall_panel) < 0.0:
+    raise ValueError(f"make_scene: wall_panel must be >= 0 (0: plain walls), got {wall_panel!r}")
+  if not 0.0 <= float(sky_contrast) <= 1.0:
+    raise ValueError(f"make_scene: sky_contrast must be in [0, 1], got {sky_contrast!r}")
   rng = np.random.default_rng([int(seed), 0x5CE4E])
   nb = int(rng.integers(4, 9)) if num_boxes is None else int(num_boxes)
   ns = int(rng.integers(2, 6)) if num_spheres is None else int(num_spheres)
@@ -149,7 +161,8 @@ def make_scene(seed: int, *, num_boxes: int | None = None, num_spheres: int | No
       texture_freq=rng.uniform(2.0, 5.0, len(lo) + ns),
       sun=sun / np.linalg.norm(sun),
       sky_colors=np.array([[0.85, 0.9, 1.0], rng.uniform([0.2, 0.35, 0.7], [0.4, 0.55, 0.95])]),
-      sky_bands=int(rng.integers(5, 11)), detail=float(detail))
+      sky_bands=int(rng.integers(5, 11)), detail=float(detail), wall_panel=float(wall_panel),
+      sky_contrast=float(sky_contrast))
 
 
 def plane_scene(ground_y: float = 1.5) -> Scene:
@@ -322,7 +335,7 @@ def _shade(scene: Scene, o, d, t, ids, normal):
     mix = np.clip(elev, 0, 1)[:, None]
     base = (1 - mix) * scene.sky_colors[0] + mix * scene.sky_colors[1]
     bands = 0.5 + 0.5 * np.sin(scene.sky_bands * az + 3 * elev)
-    rgb[sky] = base * (0.85 + 0.15 * bands[:, None])
+    rgb[sky] = base * (1.0 - scene.sky_contrast + scene.sky_contrast * bands[:, None])
   hit = ~sky
   if not hit.any():
     return rgb
@@ -355,6 +368,10 @@ def _shade(scene: Scene, o, d, t, ids, normal):
       mortar = (np.abs(pw[:, 1] / 0.25 - row - 0.5) > 0.42) | (np.abs(u - col_i - 0.5) > 0.45)
       brick = 0.75 + 0.35 * _hash01(row, col_i, k[wall])
       shade[wall] = 0.85 + scene.detail * (np.where(mortar, 0.55, brick) - 0.85)
+      if scene.wall_panel > 0:
+        along = np.where(np.abs(nw[:, 0]) > 0.5, pw[:, 2], pw[:, 0])
+        panel = np.floor(along / scene.wall_panel)
+        shade[wall] *= 0.45 + 0.9 * _hash01(panel, k[wall], np.full_like(panel, 7))
     col[ob] = colors[k] * shade[:, None]
   lambert = np.clip(np.sum(nh * scene.sun, -1), 0, 1)
   rgb[hit] = np.clip(col * (0.45 + 0.6 * lambert[:, None]), 0, 1)

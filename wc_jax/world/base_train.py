@@ -37,7 +37,8 @@ def world_config(cfg) -> D.WorldConfig:
   return D.WorldConfig(height=w.height, width=w.width, focal=w.focal, step=w.step, angle_deg=w.angle_deg,
                        min_segment=w.min_segment, max_segment=w.max_segment, max_pitch_deg=w.max_pitch_deg,
                        supersample=int(w.get("supersample", 1)), detail=float(w.get("detail", 1.0)),
-                       patch=int(w.patch), lowpass=int(w.get("lowpass", 0)))
+                       patch=int(w.patch), lowpass=int(w.get("lowpass", 0)),
+                       wall_panel=float(w.get("wall_panel", 0.0)), sky_contrast=float(w.get("sky_contrast", 0.15)))
 
 
 def scene_range(pair) -> range:

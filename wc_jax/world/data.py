@@ -45,6 +45,8 @@ class WorldConfig:
   detail: float = 1.0             # surface-texture strength of the scenes (synthetic_world.make_scene)
   patch: int = 4                  # latent patch; with lowpass > 0 the frames keep only the
   lowpass: int = 0                # lowpass x lowpass lowest DCT frequencies of each patch (latent.PatchLatent.keep)
+  wall_panel: float = 0.0         # > 0: panelled walls (synthetic_world.make_scene): structure that shows a turn
+  sky_contrast: float = 0.15      # sky band amplitude: shifts under a turn, not under a step
 
 
 def intrinsics(cfg: WorldConfig) -> np.ndarray:
@@ -81,9 +83,14 @@ def _pixel_k(cfg: WorldConfig) -> np.ndarray:
                    [0, 0, 1.0]])
 
 
+def scene(scene_seed: int, cfg: WorldConfig = WorldConfig()) -> sw.Scene:
+  """The world's scene of a seed, built with the config's surface options."""
+  return sw.make_scene(int(scene_seed), detail=cfg.detail, wall_panel=cfg.wall_panel, sky_contrast=cfg.sky_contrast)
+
+
 def render(scene_seed: int, tr: T.Trajectory, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
   """Ground-truth frames [L, H, W, 3] float32 in [0, 1], one per latent pose."""
-  return render_poses(sw.make_scene(int(scene_seed), detail=cfg.detail), tr.c2w, cfg)
+  return render_poses(scene(scene_seed, cfg), tr.c2w, cfg)
 
 
 def render_poses(scene, c2w, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
@@ -126,7 +133,7 @@ def make_clips(num: int, num_latents: int, scene_seeds, trajectory_seed: int,
   for i in range(num):
     s = scene_seeds[i % len(scene_seeds)]
     if s not in cache:
-      cache[s] = sw.make_scene(int(s), detail=cfg.detail)
+      cache[s] = scene(s, cfg)
     tr = random_trajectory(trajectory_seed + i, num_latents, cfg)
     frames.append(render_poses(cache[s], tr.c2w, cfg))
     actions.append(tr.actions)
@@ -141,12 +148,17 @@ class WorldTrajectories:
   """RL data: commanded trajectories starting from a rendered first frame of a scene.
 
   An iterator of `wc_jax.rl.rollout.TrainingExample` whose state is the next index, so the
-  trainer checkpoints and resumes it.
+  trainer checkpoints and resumes it. With `real_frames` (default) each example carries the
+  world's true frames along the commanded path, `real_frames` [L, H, W, 3] float32 in [0, 1]:
+  ONE frame per latent (the patch latent has no temporal stride), the real continuation the
+  RWML reward compares with (`wc_jax.world.reward.WorldRewardStage` slices it per clip).
+  They are the frames the example is rendered from anyway, so attaching them costs nothing.
   """
 
   def __init__(self, latent, model_cfg, text_cfg, num_latents: int, scene_seeds, seed: int,
-               cfg: WorldConfig = WorldConfig()):
+               cfg: WorldConfig = WorldConfig(), real_frames: bool = True):
     self.latent, self.num_latents, self.scene_seeds, self.seed, self.cfg = latent, num_latents, list(scene_seeds), seed, cfg
+    self.real_frames = bool(real_frames)
     self.cond = conditioning(model_cfg, text_cfg)
     self.index = 0
 
@@ -165,4 +177,4 @@ class WorldTrajectories:
     c = make_clips(1, self.num_latents, [self.scene_seeds[i % len(self.scene_seeds)]], self.seed + i, self.cfg)
     first = np.asarray(self.latent.encode(c.frames[0, :1]))[:, 0]
     return TrainingExample(first_latent=first, actions=c.actions[0].astype(np.float32), w2c=c.w2c[0], Ks=c.Ks[0],
-                        **self.cond)
+                           real_frames=c.frames[0].astype(np.float32) if self.real_frames else None, **self.cond)

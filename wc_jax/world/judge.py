@@ -22,7 +22,6 @@ import dataclasses
 
 import numpy as np
 
-from wc_jax.data import synthetic_world as sw
 from wc_jax.data import trajectories as T
 from wc_jax.world import data as D
 
@@ -69,7 +68,7 @@ def candidate_renders(clips: D.Clips, cfg: D.WorldConfig, steps: int | None = No
   for i in range(n):
     s = int(clips.scenes[i])
     if s not in scenes:
-      scenes[s] = sw.make_scene(s, detail=cfg.detail)
+      scenes[s] = D.scene(s, cfg)
     poses = np.stack([T.motions_to_poses(rows[j:j + 1], start=c2w[i, k])[0]
                       for k in range(steps) for j in range(m)])               # [steps*M, 4, 4]
     img = D.render_poses(scenes[s], poses, cfg).reshape(steps, m, cfg.height, cfg.width, 3)
