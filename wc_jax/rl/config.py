@@ -179,11 +179,15 @@ SECTIONS: dict[str, dict[str, Rule]] = {
 
 
 def _check_section(cfg, name: str) -> None:
-  section = cfg[name]
-  rules = SECTIONS[name]
+  check_rules(cfg[name], name, SECTIONS[name])
+
+
+def check_rules(section, name: str, rules: dict, owner: str = "") -> None:
+  """Every key of `section` is one of `rules` and passes its rule (ConfigError naming the key);
+  `owner` says whose setting it is in the message (e.g. " for LingBot-World")."""
   for key in section.keys():
     if key not in rules:
-      raise ConfigError(f"{name}.{key}", section[key], f"is not a setting of `{name}`; the settings are "
+      raise ConfigError(f"{name}.{key}", section[key], f"is not a setting of `{name}`{owner}; the settings are "
                         f"{sorted(rules)}")
   for key, rule in rules.items():
     if key in section:

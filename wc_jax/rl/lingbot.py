@@ -74,15 +74,7 @@ SYNTHETIC = dict(num_examples=integer(1), num_scenes=integer(1), scene_seed=inte
 
 
 def _check(section, name: str, rules: dict) -> None:
-  for key in section.keys():
-    if key not in rules:
-      raise ConfigError(f"{name}.{key}", section[key], f"is not a setting of `{name}` for LingBot-World; the "
-                        f"settings are {sorted(rules)}")
-  for key, rule in rules.items():
-    if key in section:
-      problem = rule.check(section[key])
-      if problem:
-        raise ConfigError(f"{name}.{key}", section[key], problem)
+  run_config.check_rules(section, name, rules, owner=" for LingBot-World")
 
 
 def validate(cfg, required: tuple[str, ...] = ()) -> None:
