@@ -77,8 +77,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # RWML's similarity to the real continuation (needs data with video, e.g. synthetic_world)
   c.rewards.idm = ml_collections.ConfigDict(dict(
       checkpoint="", seed=0, widths=(32, 64, 128, 128), hidden=256, floor=-10.0))   # wc_jax.convert.idm.save_idm
+  # encoder: hpsv3 = HPSv3's vision tower (this config's scorer) | pose = the DA3 backbone | quality =
+  # the CLIP scorer's tower (only with quality.scorer="clip"); RWML proper: binarize + filter_easy
   c.rewards.similarity = ml_collections.ConfigDict(dict(
-      encoder="quality", pooling="frame", binarize=False, threshold=0.5))   # quality = the CLIP tower
+      encoder="hpsv3", pooling="frame", binarize=False, threshold=0.5, filter_easy=False, easy_threshold=-1.0))
   # trajectories (wc_jax/rl/data_source.py): synthetic_latents | records | synthetic_world
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic_latents",   # records: a TFDS set at `path` (python -m wc_jax.data.write_records)

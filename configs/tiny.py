@@ -49,10 +49,27 @@ def get_config() -> ml_collections.ConfigDict:
                               image_size=56, patch_size=14, projection_dim=16), head_dims=(16, 8, 1))))
   # options for rewards that are off by default (weight 0 / absent): SWIRL's IDM reward and
   # RWML's similarity to the real continuation (needs data with video, e.g. synthetic_world)
+  # SWIRL's reward (`idm`): the IDM's log-likelihood of the commanded actions, each step clamped at `floor`
+  # (-10, the paper's), e.g. --config.rewards.weights='{"idm": 2.0, "drift": 1.0}'
   c.rewards.idm = ml_collections.ConfigDict(dict(
       checkpoint="", seed=0, widths=(32, 64, 128, 128), hidden=256, floor=-10.0))   # wc_jax.convert.idm.save_idm
+  # RWML's reward (`embedding_similarity`, alias `rwml`): cosine similarity of each candidate's window to the
+  # real continuation in an embedding space. encoder: "quality" (the CLIP scorer's vision tower) | "pose" (the
+  # pose model's DA3 backbone, pooled patch features) | "hpsv3" (HPSv3's vision tower; needs
+  # rewards.quality.scorer="hpsv3"); pooling: "frame" (mean per-frame cosine) | "clip" (cosine of the mean
+  # embeddings). RWML as in the paper: binarize=True (1.0 at or above `threshold`) and filter_easy=True (a
+  # group whose candidates ALL reach easy_threshold, -1 = threshold, is dropped from the ranking), e.g.
+  # --config.rewards.weights='{"embedding_similarity": 1.0, "drift": 1.0}' --config.data.source=synthetic_world
+  # --config.rewards.similarity.binarize=True --config.rewards.similarity.filter_easy=True
   c.rewards.similarity = ml_collections.ConfigDict(dict(
-      encoder="quality", pooling="frame", binarize=False, threshold=0.5))   # quality = the CLIP tower
+      encoder="quality", pooling="frame", binarize=False, threshold=0.5, filter_easy=False, easy_threshold=-1.0))
+  # SWIRL's alternation (wc_jax.rl.swirl): with enabled=True (and an `idm` reward) the idm reward's IDM is
+  # trained on the policy's generations: after every `every` RL steps, `steps` IDM optimizer steps
+  # (`batch_size` clips each) on the generations since the last phase, objective "grpo" (SWIRL: the IDM's
+  # `samples` sampled actions per step rewarded by agreement with the commanded one) or "supervised"
+  # (cross-entropy on the real frames: the baseline; needs data with video). Checkpointed with the run.
+  c.swirl = ml_collections.ConfigDict(dict(enabled=False, every=1, steps=4, objective="grpo", lr=1e-4,
+                                           batch_size=16, samples=8, seed=0))
   # trajectories (wc_jax/rl/data_source.py): synthetic_latents | records | synthetic_world
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic_latents",   # records: a TFDS set at `path` (python -m wc_jax.data.write_records)

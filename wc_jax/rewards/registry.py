@@ -76,16 +76,26 @@ REWARDS: dict[str, RewardSpec] = {
         "mean Q over window frames 3::4 with a caption-conditioned scorer (reference hpsv3)"),
     "embedding_similarity": RewardSpec(
         "embedding_similarity", embedding_similarity_reward, ("generated", "real", "encoder"), 0.0,
-        "RWML: similarity to the real continuation in an embedding space",
+        "RWML: cosine similarity to the real continuation in an embedding space (options: "
+        "SIMILARITY_OPTIONS), 1.0 at or above `threshold` when `binarize`; the easy-group filter is a "
+        "group rule of the reward stage (similarity.RwmlRule)",
         model="encoder", reads_real=True, score=lambda enc, frames, w, o: embedding_similarity_reward(
             frames, _real("embedding_similarity", w), enc, pooling=str(o.get("pooling", "frame")),
-            threshold=float(o["threshold"]) if o.get("binarize", False) else None)),
+            threshold=float(o.get("threshold", 0.5)) if o.get("binarize", False) else None)),
     "idm": RewardSpec(
         "idm", idm_reward, ("clip", "commanded_actions", "idm"), 0.0,
         "SWIRL: inverse-dynamics log-likelihood of the commanded action, clamped at -10",
         model="idm", score=lambda idm, frames, w, o: idm_reward(
             frames, w.actions, idm, floor=float(o.get("floor", LOG_LIKELIHOOD_FLOOR)))),
 }
+
+# `rewards.similarity` (the embedding_similarity reward's section) and its defaults: the encoder
+# ("quality": the CLIP scorer's vision tower; "pose": the pose model's DA3 backbone, pooled;
+# "hpsv3": HPSv3's vision tower, with rewards.quality.scorer='hpsv3'), the pooling over frames,
+# RWML's binarisation and its easy-sample filter (easy_threshold -1.0: = threshold).
+SIMILARITY_ENCODERS = ("quality", "pose", "hpsv3")
+SIMILARITY_OPTIONS = dict(encoder="quality", pooling="frame", binarize=False, threshold=0.5, filter_easy=False,
+                          easy_threshold=-1.0)
 
 # The reference's reward names (fixture files, training args) -> ours.
 ALIASES = {

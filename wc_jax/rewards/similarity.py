@@ -4,13 +4,20 @@ When a real continuation of the context exists (a recorded video), the reward
 is the similarity, in a pretrained embedding space, between the generated clip
 and the real clip. It is dense by default; with a threshold it becomes the
 binary "close enough to reality" signal of the paper.
+
+Group rules (`RwmlRule`, applied by `wc_jax.rewards.stage.RewardStage` and the
+synthetic world's stage): binarisation at the threshold and the easy-sample
+filter. Encoders besides the CLIP scorer's tower: `DA3Embedder` (the pose
+model's backbone) and `HPSv3Embedder` (HPSv3's vision tower).
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from wc_jax.rewards import _checks, _model
 
@@ -116,3 +123,83 @@ def filter_easy_groups(scores: dict, easy) -> dict:
                        f"{v.shape[:-1]}, got {easy.shape}")
     out[k] = jnp.where(easy[..., None], jnp.mean(v, axis=-1, keepdims=True), v)
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RwmlRule:
+  """RWML's group rules for one reward of a reward stage. `similarity` scores ONE candidate with
+  the raw (dense) similarity (frames, window) -> float32 []; the stage calls it instead of the
+  reward's own function (one encoder pass) and derives the reward with `apply_rwml`."""
+  reward: str                         # the reward's name in the stage (e.g. "embedding_similarity")
+  similarity: Callable
+  threshold: float = 0.5
+  binarize: bool = True               # the reward is 1.0 at or above `threshold`, else 0.0
+  filter_easy: bool = True            # drop groups whose candidates ALL reach `easy_threshold`
+  easy_threshold: float | None = None  # None: `threshold`
+
+
+def apply_rwml(scores: dict, rule: RwmlRule) -> dict:
+  """One group's scores (name -> [G]; scores[rule.reward] the raw similarities) with RWML's rules:
+  `<reward>` the reward (binarised when rule.binarize), `<reward>_raw` the similarity (logged), and
+  with filter_easy the easy group dropped from the ranking (`filter_easy_groups`: every score set to
+  its group mean) and `<reward>_easy` (1.0 on every candidate of an easy group, logged)."""
+  sim = jnp.asarray(scores[rule.reward], jnp.float32)
+  if sim.ndim != 1:
+    raise ValueError(f"apply_rwml: {rule.reward!r} must be one group's [G] similarities, got shape {sim.shape}")
+  out = dict(scores)
+  out[rule.reward] = binarize(sim, rule.threshold) if rule.binarize else sim
+  out[f"{rule.reward}_raw"] = sim
+  if rule.filter_easy:
+    thr = rule.threshold if rule.easy_threshold is None else rule.easy_threshold
+    easy = easy_groups(sim[None], thr)                                  # [1]
+    out = {k: v[0] for k, v in filter_easy_groups({k: jnp.asarray(v)[None] for k, v in out.items()}, easy).items()}
+    out[f"{rule.reward}_easy"] = jnp.broadcast_to(easy[0].astype(jnp.float32), sim.shape)
+  return out
+
+
+# ----------------------------------------------------------------------------- encoders
+
+class DA3Embedder(nnx.Module):
+  """The pose model's Depth Anything 3 backbone as an image encoder: images [N,H,W,3] in [0,1] ->
+  [N, feature_dim], the mean over patches of the last `out_layers` features. Each image is its own
+  one-view scene (generated and real frames are embedded in one batch and must not attend to each
+  other through DA3's cross-view attention). Preprocessing as the pose model's (resize, quantise,
+  ImageNet normalisation)."""
+
+  def __init__(self, pose_model: Any):
+    model = getattr(pose_model, "model", None)
+    if model is None or not hasattr(model, "backbone"):
+      raise ValueError(f"DA3Embedder: needs the pose model (wc_jax.models.da3.PoseModel), got "
+                       f"{type(pose_model).__name__}")
+    self.model = model
+    self.process_res = pose_model.process_res
+    self.process_res_method = pose_model.process_res_method
+    self.quantize = pose_model.quantize
+
+  def __call__(self, images):
+    from wc_jax.models.da3 import preprocess as da3_preprocess   # here: importing rewards stays light
+    x = da3_preprocess.preprocess(images, self.process_res, self.process_res_method, self.quantize)   # [1,N,...]
+    x = x.reshape((-1, 1) + x.shape[2:])                                                               # [N,1,...]
+    feats, _, _ = self.model.backbone(x)
+    return jnp.mean(feats[-1][:, 0].astype(jnp.float32), axis=1)
+
+
+class HPSv3Embedder(nnx.Module):
+  """HPSv3's vision tower (Qwen2-VL's ViT + patch merger) as an image encoder: images [N,H,W,3] in
+  [0,1] -> [N, D], the mean of each image's merged tokens; the scorer's pixel budget and
+  preprocessing (uint8 rounding, resize, normalisation)."""
+
+  def __init__(self, scorer: Any):
+    model = getattr(scorer, "model", None)
+    if model is None or not hasattr(model, "visual"):
+      raise ValueError(f"HPSv3Embedder: needs the HPSv3 scorer (wc_jax.rewards.hpsv3.HPSv3Scorer), got "
+                       f"{type(scorer).__name__}")
+    self.visual = model.visual
+    self.min_pixels, self.max_pixels = scorer.min_pixels, scorer.max_pixels
+
+  def __call__(self, images):
+    from wc_jax.models.qwen2vl import processor as qwen_processor
+    n = images.shape[0]
+    pv, grid, _ = qwen_processor.preprocess(qwen_processor.to_uint8(images), self.min_pixels, self.max_pixels)
+    tokens = self.visual(pv, grid)                                        # [N * tokens per image, D]
+    return jnp.mean(tokens.astype(jnp.float32).reshape(n, -1, tokens.shape[-1]), axis=1)

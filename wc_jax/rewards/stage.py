@@ -15,6 +15,7 @@ import numpy as np
 
 from wc_jax.rewards.batch import score_candidates
 from wc_jax.rewards.registry import RewardWindow
+from wc_jax.rewards.similarity import RwmlRule, apply_rwml
 
 LATENT_FRAMES = 4          # decoded frames per latent after the first (the causal VAE's temporal stride)
 
@@ -45,7 +46,8 @@ class RewardStage:
 
   `rewards[name](frames [F,H,W,3], window: RewardWindow) -> float32 []` scores ONE candidate;
   the stage maps it over the G candidates (split over the mesh's data axes when `mesh` is
-  set, `wc_jax.rewards.batch.score_candidates`).
+  set, `wc_jax.rewards.batch.score_candidates`). `rwml_rule`: RWML's group rules for one of the
+  rewards (binarisation, the easy-group filter; `wc_jax.rewards.similarity.apply_rwml`), or None.
   """
   decode: Callable            # latents [B, C, T', h, w] -> frames [B, F, H, W, 3] in [0, 1]
   rewards: dict[str, Callable]
@@ -53,6 +55,7 @@ class RewardStage:
   mesh: Any = None
   window: str = "wc_jax"      # which frames a clip's rewards read: see window_frame_range
   reads_real: bool = False    # a reward compares with the real continuation (window.real)
+  rwml_rule: RwmlRule | None = None
 
   def __call__(self, r: Any, first_latent_window: jax.Array | None, real_frames: np.ndarray | None = None):
     """Scores one clip rollout `r` (x0 [G,C,T',h,w] candidates, prefix [1,C,T_p,h,w], action [1,T']).
@@ -88,7 +91,15 @@ class RewardStage:
       real = real_frames[start:stop]
       real = jnp.asarray(real, jnp.float32) / 255.0 if real.dtype == np.uint8 else jnp.asarray(real, jnp.float32)
     window = RewardWindow(first_frame=None, actions=jnp.asarray(r.action[0], jnp.int32), real=real)
+    fns = dict(self.rewards)
+    rule = self.rwml_rule
+    if rule is not None:
+      if rule.reward not in fns:
+        raise ValueError(f"RewardStage: the RWML rule names reward {rule.reward!r}, not one of {sorted(fns)}")
+      fns[rule.reward] = rule.similarity          # raw similarities; the rule derives the reward
     scores = {name: score_candidates(lambda f, first, fn=fn: fn(f, dataclasses.replace(window, first_frame=first)),
                                      frames, firsts, mesh=self.mesh)
-              for name, fn in self.rewards.items()}
+              for name, fn in fns.items()}
+    if rule is not None:
+      scores = apply_rwml(scores, rule)
     return scores, frames

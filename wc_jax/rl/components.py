@@ -6,6 +6,7 @@ model at the configured size (tiny demos, tests); nothing is downloaded.
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,11 @@ from wc_jax.models.quality import clip as clip_lib
 from wc_jax.models import vae as vae_lib
 from wc_jax.models.idm import IDMConfig
 from wc_jax.progress import phase
-from wc_jax.rewards.registry import get_reward
+from wc_jax.rewards.registry import SIMILARITY_ENCODERS, SIMILARITY_OPTIONS, get_reward
+from wc_jax.rewards.similarity import DA3Embedder, HPSv3Embedder, RwmlRule
 from wc_jax.rewards.stage import RewardStage
+from wc_jax.rl import swirl as swirl_lib
+from wc_jax.rl.config import ConfigError
 
 
 def build_vae(vcfg, latent_channels: int):
@@ -97,31 +101,68 @@ def build_idm(icfg):
                                           hidden=int(icfg.hidden)), seed=int(icfg.seed))
 
 
-def build_encoder(scfg, models):
-  """The RWML embedding model: `quality` reuses the quality scorer's CLIP tower."""
-  if scfg.encoder == "quality":
+def build_encoder(scfg, rcfg, models):
+  """The RWML embedding model (`rewards.similarity.encoder`): "quality" the CLIP quality scorer's
+  vision tower, "pose" the pose model's DA3 backbone (pooled patch features), "hpsv3" HPSv3's vision
+  tower (with rewards.quality.scorer='hpsv3'); each reuses the reward model built for the others."""
+  kind = scfg.get("encoder", SIMILARITY_OPTIONS["encoder"])
+  scorer_kind = rcfg.get("quality", {}).get("scorer", "clip")
+  if kind == "quality":
+    if scorer_kind == "hpsv3":
+      raise ValueError("rewards.similarity.encoder='quality' embeds with the CLIP scorer's tower, but "
+                       "rewards.quality.scorer='hpsv3': use encoder='hpsv3' (HPSv3's vision tower) or the CLIP scorer")
     scorer = models("scorer")
     if not hasattr(scorer, "vision"):
       raise ValueError("rewards.similarity.encoder='quality' embeds with the CLIP scorer's tower; the configured "
                        "scorer (rewards.quality.scorer) has none: use the CLIP scorer for similarity")
     return scorer.vision
-  raise ValueError(f"rewards.similarity.encoder must be 'quality' (the quality scorer's CLIP tower), "
-                   f"got {scfg.encoder!r}")
+  if kind == "pose":
+    if rcfg.get("pose", None) is None:
+      raise ValueError("rewards.similarity.encoder='pose' embeds with the pose model's DA3 backbone, but "
+                       "rewards.pose is missing: configure the pose model (see configs/tiny.py)")
+    return DA3Embedder(models("pose"))
+  if kind == "hpsv3":
+    if scorer_kind != "hpsv3":
+      raise ValueError(f"rewards.similarity.encoder='hpsv3' embeds with HPSv3's vision tower, but "
+                       f"rewards.quality.scorer={scorer_kind!r}: set rewards.quality.scorer='hpsv3' (and a "
+                       "rewards.hpsv3 section) or choose encoder 'quality' or 'pose'")
+    return HPSv3Embedder(models("scorer"))
+  raise ValueError(f"rewards.similarity.encoder must be one of {SIMILARITY_ENCODERS} (the CLIP scorer's tower, "
+                   f"the pose model's DA3 backbone, HPSv3's vision tower), got {kind!r}")
+
+
+def similarity_rule(name: str, score, model, options) -> RwmlRule | None:
+  """RWML's group rules for the embedding_similarity reward `name` when `rewards.similarity` asks for
+  binarisation or the easy filter (None: the dense reward alone)."""
+  o = {**SIMILARITY_OPTIONS, **(options.to_dict() if hasattr(options, "to_dict") else dict(options))}
+  if not (o["binarize"] or o["filter_easy"]):
+    return None
+  easy = float(o["easy_threshold"])
+  return RwmlRule(reward=name, similarity=functools.partial(_score_one, score, model, {**o, "binarize": False}),
+                  threshold=float(o["threshold"]), binarize=bool(o["binarize"]), filter_easy=bool(o["filter_easy"]),
+                  easy_threshold=None if easy == -1.0 else easy)
 
 
 # reward model role -> (config section under `rewards`, what it is, builder(section, models))
 MODEL_BUILDERS = {   # builder(section, rewards section, models)
     "pose": ("pose", "pose model (Depth Anything 3)", lambda sec, rcfg, models: build_pose_model(sec)),
     "scorer": ("quality", "quality scorer", lambda sec, rcfg, models: build_quality_scorer(sec, rcfg)),
-    "encoder": ("similarity", "embedding model", lambda sec, rcfg, models: build_encoder(sec, models)),
+    "encoder": ("similarity", "embedding model", lambda sec, rcfg, models: build_encoder(sec, rcfg, models)),
     "idm": ("idm", "inverse-dynamics model", lambda sec, rcfg, models: build_idm(sec)),
 }
 
 
-def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
+def build_reward_stage(cfg, latent_channels: int, mesh=None):
   """The configured rewards (`rewards.weights`: registry name -> weight), each reward model
-  built once whichever rewards use it; options come from the reward's own section."""
+  built once whichever rewards use it; options come from the reward's own section. RWML's group
+  rules when `rewards.similarity` asks for them (`similarity_rule`); with `swirl.enabled` the stage
+  is wrapped in SWIRL's alternation (wc_jax.rl.swirl.SwirlRewardStage), which trains the idm
+  reward's IDM in place on the policy's generations."""
   rcfg = cfg.rewards
+  if swirl_lib.from_config(cfg.get("swirl", None)).enabled and not any(
+      _canonical(n) == "idm" for n in rcfg.weights.keys()):
+    raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no idm "
+                      f"(has {sorted(rcfg.weights.keys())}): add e.g. rewards.weights.idm=2.0")
   with phase("building the VAE decoder", cfg.vae.checkpoint or "random weights"):
     decode = make_decoder(build_vae(cfg.vae, latent_channels))
   built = {}
@@ -139,7 +180,7 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
         built[role] = build(section, rcfg, models)
     return built[role]
 
-  fns, weights, reads_real = {}, {}, False
+  fns, weights, reads_real, rule = {}, {}, False, None
   for name, weight in rcfg.weights.items():
     try:
       spec = get_reward(name)
@@ -153,8 +194,19 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None) -> RewardStage:
     fns[spec.name] = functools.partial(_score_one, spec.score, model, options)
     weights[spec.name] = float(weight)
     reads_real = reads_real or spec.reads_real
+    if spec.name == "embedding_similarity":
+      rule = similarity_rule(spec.name, spec.score, model, options)
   window = cfg.rl.get("reward_window", "wc_jax") if "rl" in cfg else "wc_jax"
-  return RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window, reads_real=reads_real)
+  stage = RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window, reads_real=reads_real,
+                      rwml_rule=rule)
+  return swirl_lib.wrap_reward_stage(stage, built.get("idm"), cfg, log=logging.getLogger("wc_jax.train").info)
+
+
+def _canonical(name: str) -> str:
+  try:
+    return get_reward(name).name
+  except KeyError:
+    return name
 
 
 def _score_one(score, model, options, frames, window):

@@ -19,7 +19,8 @@ from typing import Any, Callable
 from wc_jax.models.worldplay.config import REMAT_POLICIES, DiTConfig
 from wc_jax.nn.attention import IMPLS as ATTENTION_IMPLS
 from wc_jax.rewards.advantages import STD_TYPE_NAMES
-from wc_jax.rewards.registry import REWARDS
+from wc_jax.rewards.registry import ALIASES, REWARDS, SIMILARITY_ENCODERS
+from wc_jax.rewards.similarity import POOLINGS
 from wc_jax.rl.curriculum import KINDS as CURRICULA
 
 TRAIN_SECTIONS = ("model", "sampling", "text", "mesh", "rl", "optim", "vae", "rewards", "checkpoint")
@@ -32,6 +33,7 @@ REWARD_SECTIONS = {"pose": "pose", "scorer": "quality", "encoder": "similarity",
 DATA_SOURCES = ("synthetic_latents", "records", "synthetic_world")
 FIRST_LATENTS = ("pooled", "vae")
 DTYPES = ("float32", "bfloat16", "float16")
+SWIRL_OBJECTIVES = ("grpo", "supervised")     # wc_jax.rl.swirl.OBJECTIVES
 
 
 class ConfigError(ValueError):
@@ -175,7 +177,17 @@ SECTIONS: dict[str, dict[str, Rule]] = {
                        steps=integer(1), seed=integer(0), source=choice(("synthetic", "records")), split=text()),
     "logging": dict(video_every=integer(0, why="0 = never"), progress=boolean(), nan_as_null=boolean(),
                     profile_steps=int_tuple(2, lo=0), flush_secs=number(0)),
+    # SWIRL's alternation (wc_jax.rl.swirl.SwirlConfig): IDM phases on the policy's generations
+    "swirl": dict(enabled=boolean(), every=integer(1), steps=integer(1), objective=choice(SWIRL_OBJECTIVES),
+                  lr=number(0, lo_open=True), batch_size=integer(1),
+                  samples=integer(2, why="GRPO needs two or more sampled actions per step"), seed=integer(0)),
 }
+
+# `rewards.similarity` (registry.SIMILARITY_OPTIONS): the embedding_similarity (RWML) reward's options
+SIMILARITY_RULES = dict(
+    encoder=choice(SIMILARITY_ENCODERS), pooling=choice(POOLINGS), binarize=boolean(),
+    threshold=number(-1, 1, why="a cosine similarity"), filter_easy=boolean(),
+    easy_threshold=number(-1, 1, why="a cosine similarity; -1 = the threshold"))
 
 
 def _check_section(cfg, name: str) -> None:
@@ -256,6 +268,12 @@ def _check_cross(cfg) -> None:
     for name, w in weights.items():
       if not _is_num(w):
         raise ConfigError(f"rewards.weights.{name}", w, "must be a finite number")
+    if cfg.rewards.get("similarity", None) is not None:
+      check_rules(cfg.rewards.similarity, "rewards.similarity", SIMILARITY_RULES)
+    if "swirl" in cfg and cfg.swirl.get("enabled", False) and \
+        "idm" not in {ALIASES.get(n, n) for n in weights.keys()}:
+      raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no "
+                        f"idm (has {sorted(weights.keys())}): add e.g. rewards.weights.idm=2.0")
 
 
 def validate(cfg, required: tuple[str, ...] = (), rewards: tuple[str, ...] | None = None) -> None:
@@ -281,18 +299,36 @@ def validate(cfg, required: tuple[str, ...] = (), rewards: tuple[str, ...] | Non
       raise ConfigError("distributed", "...", str(e)) from None
   _check_cross(cfg)
   if rewards is not None and "rewards" in cfg:
-    for name in cfg.rewards.weights.keys():
+    for given in cfg.rewards.weights.keys():
+      name = ALIASES.get(given, given)      # the reference's names (rwml, swirl, ...) too
       if name not in rewards:
-        raise ConfigError(f"rewards.weights.{name}", cfg.rewards.weights[name],
+        raise ConfigError(f"rewards.weights.{given}", cfg.rewards.weights[given],
                           f"is not a reward this entry point can build; choose from {rewards}")
       section = REWARD_SECTIONS.get(REWARDS[name].model)
       if section is not None and section not in cfg.rewards:
-        raise ConfigError(f"rewards.{section}", None, f"reward {name!r} needs its model's section "
+        raise ConfigError(f"rewards.{section}", None, f"reward {given!r} needs its model's section "
                           f"`rewards.{section}` (see configs/tiny.py)")
-      if name == "embedding_similarity" and cfg.rewards.similarity.get("encoder") == "quality" \
-          and "quality" not in cfg.rewards:
-        raise ConfigError("rewards.quality", None, "rewards.similarity.encoder='quality' embeds with the "
-                          "quality scorer's CLIP tower: configure `rewards.quality`")
+      if name == "embedding_similarity":
+        _check_similarity_encoder(cfg.rewards)
+
+
+def _check_similarity_encoder(rcfg) -> None:
+  """The embedding model `rewards.similarity.encoder` names is one the config builds."""
+  encoder = rcfg.similarity.get("encoder", "quality")
+  scorer = rcfg.get("quality", {}).get("scorer", "clip")
+  if encoder == "quality" and "quality" not in rcfg:
+    raise ConfigError("rewards.quality", None, "rewards.similarity.encoder='quality' embeds with the "
+                      "quality scorer's CLIP tower: configure `rewards.quality`")
+  if encoder == "quality" and scorer == "hpsv3":
+    raise ConfigError("rewards.similarity.encoder", encoder, "embeds with the CLIP scorer's tower, but "
+                      "rewards.quality.scorer='hpsv3': use encoder='hpsv3' (HPSv3's vision tower) or the CLIP scorer")
+  if encoder == "pose" and "pose" not in rcfg:
+    raise ConfigError("rewards.pose", None, "rewards.similarity.encoder='pose' embeds with the pose model's "
+                      "DA3 backbone: configure `rewards.pose`")
+  if encoder == "hpsv3" and scorer != "hpsv3":
+    raise ConfigError("rewards.similarity.encoder", encoder, f"embeds with HPSv3's vision tower, but "
+                      f"rewards.quality.scorer={scorer!r}: set rewards.quality.scorer='hpsv3' (and a rewards.hpsv3 "
+                      "section) or choose encoder 'quality' or 'pose'")
 
 
 # ----------------------------------------------------------------------------- workdir

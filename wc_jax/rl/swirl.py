@@ -87,6 +87,23 @@ def from_config(section: Any) -> SwirlConfig:
   return SwirlConfig(**{k: (float(v) if k == "lr" else v) for k, v in d.items()})
 
 
+def wrap_reward_stage(stage, idm, cfg, real_window: Callable | None = None, log=None):
+  """`stage` (whose `idm` reward reads the module `idm`) with SWIRL's alternation from `cfg.swirl`
+  (validated), or `stage` itself when the section is missing or disabled. The trainer's generic path
+  (wc_jax.rl.components.build_reward_stage) uses it; the synthetic world's `make_swirl_stage` is the
+  same with one frame per latent (`real_window`)."""
+  scfg = from_config(cfg.get("swirl", None))
+  if not scfg.enabled:
+    return stage
+  if "idm" not in stage.weights:
+    raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no idm "
+                      f"(has {sorted(stage.weights)}): add e.g. rewards.weights.idm=2.0")
+  if idm is None:
+    raise ConfigError("swirl.enabled", True, "needs the idm reward's inverse-dynamics model (rewards.idm)")
+  return SwirlRewardStage(stage, idm, scfg, int(cfg.rl.get("trajectories_per_step", 1)), real_window=real_window,
+                          log=log)
+
+
 # ----------------------------------------------------------------------------- the IDM's objectives
 
 def grpo_loss(model, clips, actions, key, samples: int):

@@ -296,14 +296,8 @@ class WorldRewardStage(RewardStage):
 
 def make_swirl_stage(stage, idm, cfg, log=None):
   """`stage` (whose idm reward reads `idm`) with SWIRL's alternation from `cfg.swirl` (validated);
-  `stage` unchanged when the section is missing or disabled."""
-  scfg = swirl_lib.from_config(cfg.get("swirl", None))
-  if not scfg.enabled:
-    return stage
-  if "idm" not in stage.weights:
-    raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no idm")
-  return swirl_lib.SwirlRewardStage(stage, idm, scfg, int(cfg.rl.trajectories_per_step), real_window=real_window,
-                                    log=log)
+  `stage` unchanged when the section is missing or disabled. The world has one frame per latent."""
+  return swirl_lib.wrap_reward_stage(stage, idm, cfg, real_window=real_window, log=log)
 
 
 class ShuffledRewardStage:
