@@ -201,17 +201,23 @@ def test_named_errors_for_bad_checkpoints(vae_dir, tmp_path):
     convert_wan_vae.torch_to_params(TensorSource(vae_dir), {"z_dim": 20})
 
 
-def test_pth_needs_torch(tmp_path):
-  path = tmp_path / "Wan2.1_VAE.pth"
-  path.write_bytes(b"not a pickle")
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    with pytest.raises(convert_wan_vae.TorchUnavailableError, match="needs torch"):
-      convert_wan_vae.open_checkpoint(path)
-  else:
-    with pytest.raises(Exception):
-      convert_wan_vae.open_checkpoint(path)
+def test_pth_reads_without_torch_and_legacy_pickles_need_it(tmp_path, fixtures_dir):
+  """A zip-format .pth (what torch.save writes) opens without torch through the restricted
+  reader, as a file or in a folder; only a legacy / foreign pickle needs torch."""
+  import importlib.util
+  legacy = tmp_path / "legacy" / "Wan2.1_VAE.pth"
+  legacy.parent.mkdir()
+  legacy.write_bytes(b"not a pickle")
+  torch_files = tmp_path / "zip" / "Wan2.1_VAE.pth"
+  torch_files.parent.mkdir()
+  shutil.copy(fixtures_dir / "encoders" / "umt5_pth" / "views.pth", torch_files)   # torch.save'd tensors
+  if importlib.util.find_spec("torch") is not None:
+    pytest.skip("torch is importable here: .pth files go through torch.load")
+  with pytest.raises(convert_wan_vae.TorchUnavailableError, match="needs torch to read"):
+    convert_wan_vae.open_checkpoint(legacy)
+  for src in (convert_wan_vae.open_checkpoint(torch_files), convert_wan_vae.open_checkpoint(torch_files.parent)):
+    assert src.keys() == ["param", "t", "row", "s", "h", "scalar"]
+    np.testing.assert_array_equal(src.get("t"), np.arange(12, dtype=np.float32).reshape(3, 4).T)
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -17,7 +17,7 @@ KIND, matches, torch_to_params, params_to_torch, build_model, TORCH_FILENAME, ex
                   (`models_t5_umt5-xxl-enc-bf16.pth`: token_embedding, blocks.{i}.{norm1, attn.q/k/v/o,
                   norm2, ffn.gate.0/fc1/fc2, pos_embedding.embedding}, norm); `load_umt5` and
                   `load_umt5_tokenizer` read the release's files (the .pth without torch too:
-                  `TorchZipSource`); `python -m wc_jax.convert --from-torch FILE --kind=umt5`
+                  `torch_files.TorchZipSource`); `python -m wc_jax.convert --from-torch FILE --kind=umt5`
                   (`convert_umt5`) writes a wc_jax folder.
 
 Torch Linear weights are [out, in] (transposed here), the SigLIP patch conv is [D, 3, p, p].
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wc_jax.convert.torch_files import TorchZipSource, open_state_dict  # noqa: F401  (TorchZipSource: re-export)
 from wc_jax.convert import kinds
 from wc_jax.convert.common import ConversionError, match_keys
 
@@ -512,138 +513,11 @@ def umt5_table(cfg) -> list[Entry]:
   return t
 
 
-class TorchZipSource:
-  """A torch.save (zip format) state dict read without torch: keys / shape / get like
-  TensorSource, each tensor memory-mapped from its stored (uncompressed) zip member.
-
-  The pickle is read by a restricted unpickler that builds only what a state dict of tensors
-  holds (OrderedDict, torch._utils._rebuild_tensor_v2 / _rebuild_parameter, the typed storage
-  classes); anything else is refused, so a file cannot run code. The pre-1.6 non-zip format is
-  refused with a hint."""
-
-  _DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
-             "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-             "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool"}
-
-  def __init__(self, path):
-    import pathlib
-    import pickle
-    import zipfile
-    path = pathlib.Path(path)
-    if not path.is_file():
-      raise FileNotFoundError(f"no checkpoint at {path}")
-    if not zipfile.is_zipfile(path):
-      raise ConversionError(f"{path} is not a torch zip checkpoint (torch.save of torch >= 1.6); a legacy file "
-                            "needs torch to read (re-save it with torch.save, or as safetensors)")
-    self.path, self.files, self.root = path, [path], path.parent
-    with zipfile.ZipFile(path) as z:
-      infos = {i.filename: i for i in z.infolist()}
-      pkl = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
-      if len(pkl) != 1:
-        raise ConversionError(f"{path} holds no torch data.pkl (members: {sorted(infos)[:6]})")
-      prefix = pkl[0][:-len("data.pkl")]
-      order = z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in infos else "little"
-      self._members = {n[len(prefix) + len("data/"):]: infos[n] for n in infos if n.startswith(prefix + "data/")}
-      payload = z.read(pkl[0])
-    self._endian = "<" if order == "little" else ">"
-    storages = {}
-    dtypes = self._DTYPES
-
-    class Unpickler(pickle.Unpickler):
-      def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-          import collections
-          return collections.OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-          return lambda storage, offset, size, stride, *rest: ("tensor", storage, offset, tuple(size), tuple(stride))
-        if module == "torch._utils" and name == "_rebuild_parameter":
-          return lambda data, requires_grad, hooks, *rest: data
-        if module == "torch" and name in dtypes:
-          return name
-        raise ConversionError(f"{path}: the pickle refers to {module}.{name}, which a state dict of tensors does "
-                              "not hold; refusing to load it")
-
-      def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-          raise ConversionError(f"{path}: unknown persistent id {pid!r:.80}")
-        _, kind, key, _, numel = pid
-        storages.setdefault(key, (kind, int(numel)))
-        return ("storage", key)
-
-    try:
-      state = Unpickler(__import__("io").BytesIO(payload)).load()
-    except ConversionError:
-      raise
-    except Exception as e:   # a damaged or foreign pickle
-      raise ConversionError(f"{path}: cannot read its pickle ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-      state = state["state_dict"]
-    if not isinstance(state, dict):
-      raise ConversionError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    self._storages = storages
-    self._tensors = {k: v for k, v in state.items() if isinstance(v, tuple) and v and v[0] == "tensor"}
-    for k, (_, (_, key), *_r) in self._tensors.items():
-      if key not in self._members:
-        raise ConversionError(f"{path}: tensor {k!r} refers to storage {key!r}, which the file lacks")
-
-  def keys(self) -> list[str]:
-    return list(self._tensors)
-
-  def __contains__(self, key: str) -> bool:
-    return key in self._tensors
-
-  def shape(self, key: str) -> tuple[int, ...]:
-    return self._tensors[key][3]
-
-  def dtype(self, key: str) -> str:
-    return self._DTYPES[self._storages[self._tensors[key][1][1]][0]]
-
-  def _storage(self, key: str) -> np.ndarray:
-    import zipfile
-    kind, numel = self._storages[key]
-    name = self._DTYPES[kind]
-    if name == "bfloat16":
-      import ml_dtypes
-      dt = np.dtype(ml_dtypes.bfloat16)
-    else:
-      dt = np.dtype(name)
-    dt = dt.newbyteorder(self._endian) if dt.itemsize > 1 else dt
-    info = self._members[key]
-    if info.compress_type == zipfile.ZIP_STORED:
-      with open(self.path, "rb") as f:   # the member's data starts after its local header
-        f.seek(info.header_offset)
-        head = f.read(30)
-      start = info.header_offset + 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
-      return np.memmap(self.path, dtype=dt, mode="r", offset=start, shape=(numel,))
-    with zipfile.ZipFile(self.path) as z:
-      return np.frombuffer(z.read(info), dtype=dt, count=numel)
-
-  def get(self, key: str) -> np.ndarray:
-    if key not in self._tensors:
-      raise ConversionError(f"missing key {key!r}")
-    _, (_, skey), offset, size, stride = self._tensors[key]
-    buf = self._storage(skey)
-    item = buf.dtype.itemsize
-    if any(s > 0 for s in size) and offset + sum((n - 1) * st for n, st in zip(size, stride)) >= len(buf):
-      raise ConversionError(f"{self.path}: tensor {key!r} reaches past its storage")
-    view = np.lib.stride_tricks.as_strided(buf[offset:], shape=size, strides=[st * item for st in stride])
-    return np.array(view, dtype=buf.dtype.newbyteorder("="))
-
-
 def open_umt5_checkpoint(path):
-  """A tensor source for a umT5 checkpoint: the released `.pth` (through torch when it is
-  installed, memory-mapped; else read without torch by TorchZipSource), a `.safetensors` file,
-  or a folder holding either (safetensors preferred)."""
-  import importlib.util
-  import pathlib
-  from wc_jax.convert.wan_vae import open_checkpoint
-  p = pathlib.Path(path)
-  pth = p if p.is_file() and p.suffix in (".pth", ".pt", ".bin", ".ckpt") else None
-  if p.is_dir() and not list(p.glob("*.safetensors")):
-    pth = next(iter(sorted(p.glob("*.pth")) + sorted(p.glob("*.pt"))), None)
-  if pth is not None and importlib.util.find_spec("torch") is None:
-    return TorchZipSource(pth)
-  return open_checkpoint(path)
+  """A tensor source for a umT5 checkpoint: the released `.pth` (torch_files.open_state_dict:
+  through torch when it is installed, else without it), a `.safetensors` file, or a folder
+  holding either (safetensors preferred)."""
+  return open_state_dict(path)
 
 
 class _UMT5Converter:

@@ -11,14 +11,13 @@ Layouts: conv weight [out, in, *k] <-> kernel [*k, in, out]; RMS-norm gamma
 model built abstractly from the config, so every checkpoint key is accounted
 for; tensors are read, converted and placed one at a time.
 
-The released checkpoint is a torch pickle (`.pth`); it is read only when
-torch is importable (`TorchUnavailableError` otherwise). Safetensors files
-with the same keys (the fixtures) need nothing but safetensors.
+The released checkpoint is a torch pickle (`.pth`): read through torch when it is
+importable, else by the restricted reader of `torch_files` (no code runs). Safetensors
+files with the same keys (the fixtures) need nothing but safetensors.
 """
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Mapping
 
 import jax
@@ -27,7 +26,8 @@ import numpy as np
 from flax import nnx
 
 from wc_jax.convert import kinds
-from wc_jax.convert.common import ConversionError, TensorSource, check_keys, flatten, unflatten
+from wc_jax.convert.common import ConversionError, check_keys, flatten, unflatten
+from wc_jax.convert.torch_files import TorchStateSource, TorchUnavailableError, open_state_dict  # noqa: F401  (re-exports)
 from wc_jax.models.wan_vae.config import WanVAEConfig, is_reference_wan_vae_config
 from wc_jax.models.wan_vae.model import (WanVAE, abstract_model, model_from_params, param_shapes,
                                          param_shardings, shard_model)
@@ -39,10 +39,6 @@ RELEASED_FILENAME = "Wan2.1_VAE.pth"
 _BLOCK_RENAME = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
                  "conv": "resample.1"}
 _HEAD_RENAME = {"head_norm": "head.0", "head_conv": "head.2"}
-
-
-class TorchUnavailableError(ConversionError):
-  """A `.pth` checkpoint was given but torch cannot be imported to unpickle it."""
 
 
 def matches(config: dict) -> bool:
@@ -112,69 +108,11 @@ def _cast(a: np.ndarray, dtype) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- sources
-class TorchStateSource:
-  """A torch state-dict file (`.pth`) with TensorSource's read interface (keys, shape, get)."""
-
-  def __init__(self, path: str | os.PathLike):
-    path = pathlib.Path(path)
-    try:
-      import torch
-    except ImportError as e:
-      raise TorchUnavailableError(
-          f"{path} is a torch pickle; reading it needs torch, which is not importable here ({e}). "
-          "Install torch, or re-save the state dict as safetensors elsewhere "
-          "(safetensors.torch.save_file(torch.load(path), 'Wan2.1_VAE.safetensors')) and convert that.") from e
-    if not path.is_file():
-      raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-      state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:   # legacy (non-zip) files cannot be memory-mapped
-      state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-      state = state["state_dict"]
-    if not isinstance(state, Mapping):
-      raise ConversionError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    self._torch = torch
-    self._state = {k: v for k, v in state.items() if hasattr(v, "shape")}
-    self.files = [path]
-    self.root = path.parent
-
-  def keys(self) -> list[str]:
-    return list(self._state)
-
-  def __contains__(self, key: str) -> bool:
-    return key in self._state
-
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._state[key].shape)
-
-  def dtype(self, key: str) -> str:
-    return str(self._state[key].dtype).removeprefix("torch.")
-
-  def get(self, key: str) -> np.ndarray:
-    if key not in self._state:
-      raise ConversionError(f"missing key {key!r}")
-    t = self._state[key].detach().cpu()
-    if t.dtype == self._torch.bfloat16:
-      import ml_dtypes
-      return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
 def open_checkpoint(path: str | os.PathLike):
-  """A tensor source for a Wan VAE checkpoint: a `.safetensors` file, a `.pth` / `.pt` file,
-  or a folder holding either (safetensors preferred)."""
-  path = pathlib.Path(path)
-  if path.is_dir():
-    if list(path.glob("*.safetensors")):
-      return TensorSource(path)
-    pth = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
-    if not pth:
-      raise ConversionError(f"{path} holds no *.safetensors or *.pth checkpoint")
-    return TorchStateSource(pth[0])
-  if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-    return TorchStateSource(path)
-  return TensorSource(path)
+  """A tensor source for a Wan VAE checkpoint: a `.safetensors` file, a `.pth` / `.pt` file
+  (read through torch when it is installed, else by torch_files.TorchZipSource), or a folder
+  holding either (safetensors preferred)."""
+  return open_state_dict(path)
 
 
 # ---------------------------------------------------------------------------- conversion
