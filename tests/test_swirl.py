@@ -256,3 +256,33 @@ def test_trainer_checkpoints_the_swirl_stage(tmp_path):
   assert st2.calls == 1 and st2.updates == 1
   for a, b in zip(params(idm), params(idm2)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_idm_phase_runs_on_the_reward_mesh_like_unsharded(caplog):
+  """With the reward stage on a mesh the IDM phase is data-parallel (batch over the data axes, IDM and
+  optimizer replicated) and gives the unsharded phase's weights; a batch that does not divide runs
+  replicated and says so."""
+  from wc_jax import sharding
+  data = rollouts(2)
+  results = {}
+  for name, mesh, batch in (("plain", None, 8), ("mesh", sharding.make_mesh(dict(data=-1)), 8),
+                            ("odd", sharding.make_mesh(dict(data=-1)), 6)):
+    idm = small_idm(0)
+    stage = R.make_reward_stage(LAT, idm, {"idm": 1.0})
+    stage.mesh = mesh
+    cfg = swirl.SwirlConfig(enabled=True, every=1, steps=2, objective="grpo", lr=1e-2, batch_size=batch, samples=4,
+                            seed=0)
+    st = swirl.SwirlRewardStage(stage, idm, cfg, trajectories_per_step=2)
+    with caplog.at_level(logging.INFO):
+      for r, real in data:
+        st(r, None, real)
+    assert st.updates == 1
+    results[name] = (params(idm), st.last_batch_sharding, jax.tree.leaves(nnx.state(idm, nnx.Param))[0].sharding)
+  plain, sharded, odd = results["plain"], results["mesh"], results["odd"]
+  assert plain[1] is None
+  assert sharded[1].spec[0] is not None and len(sharded[1].mesh.devices.flat) == 8    # the batch was split
+  assert sharded[2].is_fully_replicated and len(sharded[2].device_set) == 8           # the IDM replicated on the mesh
+  for a, b in zip(plain[0], sharded[0]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert odd[1].spec == jax.sharding.PartitionSpec()
+  assert "an IDM batch of 6 clips does not divide over 8 data shards; it runs replicated" in caplog.text

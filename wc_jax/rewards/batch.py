@@ -27,6 +27,11 @@ def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
   return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+def data_shards(mesh: Mesh) -> int:
+  """How many ways the candidate (batch) axis splits on `mesh`: the product of its batch axes."""
+  return int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)] or [1]))
+
+
 def candidate_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Sharding of an [N,...] candidate array: N over the batch mesh axes, the rest replicated."""
   axes = _batch_axes(mesh)
@@ -63,7 +68,7 @@ def score_candidates(reward_fn: Callable, *candidates, mesh: Mesh | None = None,
   batched = jax.vmap(reward_fn)
   if mesh is None:
     return batched(*candidates)
-  shards = int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)] or [1]))
+  shards = data_shards(mesh)
   total = -(-n // shards) * shards
   if total != n and not pad:
     raise ValueError(f"score_candidates: {n} candidates do not divide over {shards} data shards "

@@ -32,14 +32,17 @@ restores with the train state: a resumed run rewards exactly as an uninterrupted
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from wc_jax.models import idm as idm_lib
+from wc_jax.rewards import batch as batch_lib
 from wc_jax.rewards.stage import window_frame_range
 from wc_jax.rl.config import ConfigError
 
@@ -163,6 +166,8 @@ class SwirlRewardStage:
     self.buffer: list[dict] = []
     self.history: list[tuple[float, float]] = []   # (loss, agreement or accuracy) of the last phase
     self.log = log
+    self.last_batch_sharding = None   # where the last IDM batch lived (None: no mesh)
+    self._on_mesh = None
 
   def __getattr__(self, name):
     if name == "stage":
@@ -208,6 +213,30 @@ class SwirlRewardStage:
       idx = rng.choice(len(pool), min(self.cfg.batch_size, len(pool)), replace=False)
       yield np.stack([pool[i][0] for i in idx]), np.stack([pool[i][1] for i in idx])
 
+  def _place(self, clips, actions):
+    """An IDM batch on the reward stage's mesh, sharded like the reward models' candidates (over the
+    data axes) with the IDM and its optimizer replicated: the phase runs data-parallel. A batch that
+    does not divide over the data shards runs replicated (logged). No mesh: the default device."""
+    clips, actions = jnp.asarray(clips, jnp.float32), jnp.asarray(actions, jnp.int32)
+    mesh = getattr(self.stage, "mesh", None)
+    if mesh is None:
+      return clips, actions
+    if self._on_mesh is not mesh:
+      replicated = NamedSharding(mesh, P())
+      for owner in (self.idm, self.optimizer):
+        nnx.update(owner, jax.device_put(nnx.state(owner), replicated))
+      self._on_mesh = mesh
+    shards = batch_lib.data_shards(mesh)
+    if clips.shape[0] % shards:
+      logging.info("swirl: an IDM batch of %d clips does not divide over %d data shards; it runs replicated "
+                   "(swirl.batch_size a multiple of %d splits it)", clips.shape[0], shards, shards)
+      place = NamedSharding(mesh, P())
+    else:
+      place = batch_lib.candidate_sharding(mesh, clips.ndim)
+    self.last_batch_sharding = place
+    return (jax.device_put(clips, place),
+            jax.device_put(actions, NamedSharding(mesh, P(*place.spec[:1], None))))
+
   def update(self) -> list[tuple[float, float]]:
     """One IDM phase on the buffer (then emptied). Deterministic in (seed, phase index)."""
     if not self.buffer:
@@ -217,8 +246,7 @@ class SwirlRewardStage:
     batches = self._batches(rng)
     hist = []
     for i in range(self.cfg.steps):
-      clips, actions = next(batches)
-      clips, actions = jnp.asarray(clips), jnp.asarray(actions, jnp.int32)
+      clips, actions = self._place(*next(batches))
       if self.cfg.objective == "grpo":
         loss, m = _grpo_step(self.idm, self.optimizer, clips, actions, jax.random.fold_in(key, i),
                              samples=self.cfg.samples)
@@ -250,6 +278,7 @@ class SwirlRewardStage:
     opt = nnx.state(self.optimizer)
     nnx.update(self.optimizer, _unflat_leaves(opt, state["opt"]))
     self.calls, self.updates = int(state["calls"]), int(state["updates"])
+    self._on_mesh = None     # the restored arrays are on the default device: place them again
     buf = state.get("buffer", {})
     self.buffer = [{k: np.asarray(v) for k, v in buf[i].items()} for i in sorted(buf)]
     for e in self.buffer:
