@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from wc_jax.rewards import _checks
-from wc_jax.rewards.advantages import combine_advantages
+from wc_jax.rewards.advantages import GrpoInputs, combine_advantages, prepare_grpo
 
 ADV_CLIP_MAX = 2.0
 MIN_WEIGHT = 1e-5
@@ -146,3 +146,25 @@ def nft_loss(v_theta, v_old, x_t, x0, sigma, advantage, *, beta: float = 1.0,
   neg = branch((1.0 + beta) * old - beta * v_theta)
   loss = (r * pos + (1.0 - r) * neg) / beta / grad_accum_steps
   return NftLoss(loss, pos, neg, r)
+
+
+def step_advantages(pooled: Mapping[str, jax.Array], weights: Mapping[str, float], *, std_type: str,
+                    best_of_n: int, adv_clip: float) -> tuple[GrpoInputs, jax.Array]:
+  """An RL step's scores [T, G] per reward -> (prepare_grpo's output, the NFT advantage [T, G]):
+  the one path every backbone's step takes from rewards to the loss's advantage."""
+  grpo = prepare_grpo(pooled, weights, std_type=std_type, best_of_n=best_of_n)
+  return grpo, nft_advantage(grpo.advantages, weights, adv_clip_max=adv_clip)
+
+
+def reward_metrics(pooled: Mapping[str, jax.Array], grpo: GrpoInputs, adv: jax.Array) -> dict[str, float]:
+  """What a step logs about its rewards: mean / std of every reward over all candidates and over
+  the kept ones, the advantage divisor (pooled when std_type is global), the kept advantage."""
+  kept = jnp.asarray(grpo.kept)
+  out = {}
+  for k, v in pooled.items():
+    out[f"reward/{k}/mean"] = float(jnp.mean(v))
+    out[f"reward/{k}/std"] = float(jnp.std(v))
+    out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[kept]))
+    out[f"reward/{k}/std_used"] = float(jnp.mean(grpo.stds[k]))
+  out["advantage/kept_mean"] = float(jnp.mean(adv[kept]))
+  return out

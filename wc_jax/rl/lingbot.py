@@ -38,11 +38,11 @@ from wc_jax.data import trajectories as T
 from wc_jax.inference import lingbot as pipeline_lib
 from wc_jax.inference import unipc
 from wc_jax.models.wan_vae import model as wan_vae
-from wc_jax.rewards.advantages import STD_TYPE_NAMES, prepare_grpo
+from wc_jax.rewards.advantages import STD_TYPE_NAMES
 from wc_jax.rewards.batch import score_candidates
 from wc_jax.rewards.interaction import interaction_scores
 from wc_jax.rewards.labels import gt_action_labels, relative_motion
-from wc_jax.rewards.nft import nft_advantage, nft_loss
+from wc_jax.rewards.nft import nft_loss, reward_metrics, step_advantages
 from wc_jax.rewards.quality import quality_drift_reward, quality_reward
 from wc_jax.rl import config as run_config
 from wc_jax.rl.config import ConfigError, anything, boolean, choice, integer, number
@@ -482,9 +482,10 @@ class LingBotBackbone:
     t2 = time.time()
     weights = self.rewards.weights
     pooled = {k: v[None] for k, v in scores.items()}                        # [1, G]: one group
-    grpo = prepare_grpo(pooled, weights, std_type=rl.get("std_type", "global"), best_of_n=int(rl.best_of_n))
+    grpo, adv_tg = step_advantages(pooled, weights, std_type=rl.get("std_type", "global"),
+                                   best_of_n=int(rl.best_of_n), adv_clip=float(rl.adv_clip))
     kept = np.nonzero(np.asarray(grpo.kept[0]))[0]
-    adv = nft_advantage(grpo.advantages, weights, adv_clip_max=float(rl.adv_clip))[0]     # [G]
+    adv = adv_tg[0]                                                          # [G]
     finite = all(bool(jnp.all(jnp.isfinite(v))) for v in scores.values())
     m: dict[str, Any] = {}
     if finite:
@@ -503,12 +504,7 @@ class LingBotBackbone:
     t3 = time.time()
     out = {"step": step, "clip": 1, "trajectories": 1, "candidates": int(rl.group_size), "kept": int(len(kept)),
            "dit_calls": 2 * int(rl.group_size) * int(rl.rollout_steps), "experts_trained": "+".join(self.experts),
-           "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_update": t3 - t2, **m}
-    for k, v in scores.items():
-      out[f"reward/{k}/mean"] = float(jnp.mean(v))
-      out[f"reward/{k}/std"] = float(jnp.std(v))
-      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[kept]))
-      out[f"reward/{k}/std_used"] = float(jnp.mean(grpo.stds[k]))
-    out["advantage/kept_mean"] = float(jnp.mean(adv[kept]))
+           "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_update": t3 - t2, **m,
+           **reward_metrics(pooled, grpo, adv_tg)}
     out["trajectory"] = ex.id
     return state, out, (np.asarray(frames), np.asarray(grpo.combined[0]))

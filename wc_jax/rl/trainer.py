@@ -22,8 +22,7 @@ from wc_jax import sharding
 from wc_jax.distributed import any_process
 from wc_jax.rl import config as run_config
 from wc_jax.progress import phase
-from wc_jax.rewards.advantages import prepare_grpo
-from wc_jax.rewards.nft import nft_advantage
+from wc_jax.rewards.nft import reward_metrics, step_advantages
 from wc_jax.rewards.stage import RewardStage
 from wc_jax.rl import checkpoint as ckpt_lib
 from wc_jax.rl.backbone import Backbone
@@ -133,11 +132,11 @@ class Trainer:
       t_roll, t_reward = t_roll + (tb - ta), t_reward + (time.time() - tb)
     pooled = {k: jnp.stack([s_[k] for s_ in scores]) for k in scores[0]}       # [T, G]
     weights = {k: float(w) for k, w in self.reward_stage.weights.items()}
-    grpo = prepare_grpo(pooled, weights, std_type=rl.std_type, best_of_n=rl.best_of_n)
+    grpo, adv = step_advantages(pooled, weights, std_type=rl.std_type, best_of_n=rl.best_of_n,
+                                adv_clip=rl.adv_clip)                        # adv [T, G]
     kept = np.asarray(grpo.kept)                                             # [T, G]
     self._media = (frames0, np.asarray(grpo.combined[0]))
     idx = [np.nonzero(kept[t])[0] for t in range(n_traj)]                    # K per trajectory
-    adv = nft_advantage(grpo.advantages, weights, adv_clip_max=rl.adv_clip)  # [T, G]
     stack = lambda *xs: jnp.stack(xs)
     batch = UpdateBatch(
         x0=jnp.stack([r.x0[ix] for r, ix in zip(rollouts, idx)]),
@@ -160,13 +159,7 @@ class Trainer:
            "chunk_generations": sum(r.chunk_generations for r in rollouts),
            "dit_calls": sum(r.dit_calls for r in rollouts), "kept": int(kept.sum()),
            "time_rollout": t_roll, "time_reward": t_reward, "time_update": t_update - t0 - t_roll - t_reward,
-           "context_frames": len(rollouts[0].context_indices), **m}
-    for k, v in pooled.items():
-      out[f"reward/{k}/mean"] = float(jnp.mean(v))
-      out[f"reward/{k}/std"] = float(jnp.std(v))
-      out[f"reward/{k}/kept_mean"] = float(jnp.mean(v[kept]))
-      out[f"reward/{k}/std_used"] = float(jnp.mean(grpo.stds[k]))     # the advantage divisor (pooled when global)
-    out["advantage/kept_mean"] = float(jnp.mean(adv[kept]))
+           "context_frames": len(rollouts[0].context_indices), **m, **reward_metrics(pooled, grpo, adv)}
     ids = [t.id for t in trajs if getattr(t, "id", "")]
     if ids:
       out["trajectory"] = ids[0] if n_traj == 1 else ",".join(ids)
