@@ -237,3 +237,21 @@ def test_base_checkpoint_loads_and_exports_like_a_converted_dit(tmp_path, capsys
   assert convert_cli.main(["--torch", str(tmp_path / "torch"), "--out", str(tmp_path / "again")]) == 0
   same_weights(load_model(kinds.DIT, tmp_path / "again"))
   same_weights(load_model(kinds.DIT, tmp_path / "torch"))   # a reference folder loads directly too
+
+
+def test_base_training_writes_snapshots_midway(tmp_path):
+  """base.snapshot_every=k saves the weights every k steps (not at the end, which is `model/`):
+  a loadable "dit" checkpoint per snapshot, each the weights of its step, not copies of one."""
+  from wc_jax.convert import kinds, load_model
+  from wc_jax.convert.common import load_orbax
+  cfg = micro_config()
+  cfg.world.train_clips, cfg.world.train_latents = 4, 8
+  cfg.base.update(dict(steps=4, batch_size=2, snapshot_every=2, log_every=2))
+  B.train(cfg, str(tmp_path), log=lambda m: None)
+  snaps = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+  assert snaps == ["step000002"], snaps
+  load_model(kinds.DIT, tmp_path / "snapshots" / "step000002")
+  mid = jax.tree.leaves(load_orbax(tmp_path / "snapshots" / "step000002")[0])
+  end = jax.tree.leaves(load_orbax(tmp_path / "model")[0])
+  assert len(mid) == len(end)
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(mid, end))

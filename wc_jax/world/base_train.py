@@ -136,6 +136,7 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   wd.mkdir(parents=True, exist_ok=True)
   bc, w = cfg.base, cfg.world
   steps = int(steps if steps is not None else bc.steps)
+  snapshot_every = int(bc.get("snapshot_every", 0))
   wcfg = world_config(cfg)
   t0 = time.time()
   if clips is None:
@@ -198,6 +199,10 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
       metrics.write(json.dumps(rec) + "\n")
       metrics.flush()
       log(f"base step {s}/{steps} loss {rec['loss']:.4f} ({rec['time']:.0f}s)")
+    if snapshot_every and s % snapshot_every == 0 and s < steps:
+      # mid-run weights (EMA once warm, as at the end): a long run can be judged, or used, before it ends
+      warm = s >= 5 / (1 - bc.ema_decay) and not init
+      save_params(ema if warm else params, wd / "snapshots" / f"step{s:06d}", cfg, {"steps": s})
   metrics.close()
   steps = len(hist)
   if steps > 0:
