@@ -59,10 +59,12 @@ ASSETS = REPO / "benchmarks" / "assets"
 
 
 def load_config(path: str):
+  """`configs/x.py` or `configs/x.py:variant` (as ml_collections' config_flags reads it)."""
+  path, _, variant = str(path).partition(":")
   spec = importlib.util.spec_from_file_location("wc_jax_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def quick(cfg):

@@ -4,11 +4,22 @@ IDM reward and a drift term.
 
     python benchmarks/reproduce.py                      # everything, prints the table
     python -m wc_jax.world.base_train --config=configs/synthetic.py --workdir=/tmp/wc_world/base
+    python benchmarks/reproduce.py --config=configs/synthetic.py:lowpass --gates_only   # a variant
+
+Variants (docs/reproduction.md, "capability ablations"): "" (the default world), "panel" (panelled
+walls and stronger sky bands: turns visible), "lowpass" (panel + a 2x2-DCT low-pass world and
+12-channel latent + peak lr 3e-3: the best base recipe measured so far; it does not pass the
+capability gate either).
 """
 import ml_collections
 
+VARIANTS = ("", "panel", "lowpass")
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  variant = variant or ""
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/synthetic.py: unknown variant {variant!r}; choose from {VARIANTS[1:]}")
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -24,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
       height=24, width=24, focal=0.6, step=0.5, angle_deg=15.0, min_segment=2, max_segment=6,
       max_pitch_deg=30.0, detail=0.0, patch=4, supersample=2, latent_scale="global",
       lowpass=0,                                       # > 0: keep lowpass^2 DCT frequencies per patch (lossy latent)
+      wall_panel=0.0, sky_contrast=0.15,                # panelled walls (> 0), sky band amplitude: the :panel variant
       train_scenes=(0, 400), judge_scenes=(20000, 20400), eval_scenes=(10000, 10064),  # [first, last)
       train_clips=1200, train_latents=12, idm_clips=1200))
 
@@ -95,4 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=1, async_save=False))
   # profile_steps=(k, n): a jax.profiler trace of steps k..k+n-1 in WORKDIR/profile (n=0: off)
   c.logging = ml_collections.ConfigDict(dict(video_every=0, progress=False, profile_steps=(0, 0)))
+  if variant in ("panel", "lowpass"):
+    c.world.wall_panel, c.world.sky_contrast = 1.5, 0.5
+  if variant == "lowpass":
+    c.world.lowpass = 2
+    c.model.latent_channels = c.model.out_channels = 12
+    c.base.lr = 3e-3
   return c

@@ -252,3 +252,23 @@ def test_committed_base_is_used_only_for_its_config(tmp_path, monkeypatch):
   with pytest.raises(pytest.skip.Exception):
     RP.stage_base(other, tmp_path / "wd", 0, log=lambda m: None)
   assert trained == [str(tmp_path / "wd" / "base")]
+
+
+def test_synthetic_config_variants():
+  """configs/synthetic.py:panel / :lowpass change only the world's look, the latent and the base's
+  lr (so a committed base of the default world is not taken for theirs); unknown names are errors."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
+  spec = importlib.util.spec_from_file_location("synthetic_variants", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  base, panel, low = mod.get_config(), mod.get_config("panel"), mod.get_config("lowpass")
+  assert (panel.world.wall_panel, panel.world.sky_contrast, panel.world.lowpass) == (1.5, 0.5, 0)
+  assert (low.world.lowpass, low.model.latent_channels, low.model.out_channels, low.base.lr) == (2, 12, 12, 3e-3)
+  assert (base.world.wall_panel, base.world.lowpass, base.model.latent_channels) == (0.0, 0, 48)
+  import reproduce as RP
+  assert RP.fingerprint(low) != RP.fingerprint(base)
+  assert RP.load_config(f"{path}:lowpass").world.lowpass == 2
+  with pytest.raises(ValueError, match=r"unknown variant 'bogus'; choose from \('panel', 'lowpass'\)"):
+    mod.get_config("bogus")
