@@ -25,7 +25,7 @@ from wc_jax.rewards.registry import SIMILARITY_ENCODERS, SIMILARITY_OPTIONS, get
 from wc_jax.rewards.similarity import DA3Embedder, HPSv3Embedder, RwmlRule
 from wc_jax.rewards.stage import RewardStage
 from wc_jax.rl import swirl as swirl_lib
-from wc_jax.rl.config import ConfigError
+from wc_jax.rl.config import require_idm_reward
 
 
 def build_vae(vcfg, latent_channels: int):
@@ -159,10 +159,8 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None):
   is wrapped in SWIRL's alternation (wc_jax.rl.swirl.SwirlRewardStage), which trains the idm
   reward's IDM in place on the policy's generations."""
   rcfg = cfg.rewards
-  if swirl_lib.from_config(cfg.get("swirl", None)).enabled and not any(
-      _canonical(n) == "idm" for n in rcfg.weights.keys()):
-    raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no idm "
-                      f"(has {sorted(rcfg.weights.keys())}): add e.g. rewards.weights.idm=2.0")
+  if swirl_lib.from_config(cfg.get("swirl", None)).enabled:
+    require_idm_reward(rcfg.weights.keys())          # before any model is built
   with phase("building the VAE decoder", cfg.vae.checkpoint or "random weights"):
     decode = make_decoder(build_vae(cfg.vae, latent_channels))
   built = {}
@@ -200,13 +198,6 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None):
   stage = RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window, reads_real=reads_real,
                       rwml_rule=rule)
   return swirl_lib.wrap_reward_stage(stage, built.get("idm"), cfg, log=logging.getLogger("wc_jax.train").info)
-
-
-def _canonical(name: str) -> str:
-  try:
-    return get_reward(name).name
-  except KeyError:
-    return name
 
 
 def _score_one(score, model, options, frames, window):

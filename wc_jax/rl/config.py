@@ -270,10 +270,18 @@ def _check_cross(cfg) -> None:
         raise ConfigError(f"rewards.weights.{name}", w, "must be a finite number")
     if cfg.rewards.get("similarity", None) is not None:
       check_rules(cfg.rewards.similarity, "rewards.similarity", SIMILARITY_RULES)
-    if "swirl" in cfg and cfg.swirl.get("enabled", False) and \
-        "idm" not in {ALIASES.get(n, n) for n in weights.keys()}:
-      raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no "
-                        f"idm (has {sorted(weights.keys())}): add e.g. rewards.weights.idm=2.0")
+    if "swirl" in cfg and cfg.swirl.get("enabled", False):
+      require_idm_reward(weights.keys())
+
+
+def require_idm_reward(names) -> None:
+  """SWIRL alternates the IDM of the `idm` reward: with swirl enabled, `names` (reward weights'
+  keys, aliases allowed) must include it. One check for config validation, the trainer's reward
+  stage (before any model is built) and the SWIRL wrapper."""
+  names = list(names)
+  if "idm" not in {ALIASES.get(n, n) for n in names}:
+    raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no "
+                      f"idm (has {sorted(names)}): add e.g. rewards.weights.idm=2.0")
 
 
 def validate(cfg, required: tuple[str, ...] = (), rewards: tuple[str, ...] | None = None) -> None:

@@ -44,7 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from wc_jax.models import idm as idm_lib
 from wc_jax.rewards import batch as batch_lib
 from wc_jax.rewards.stage import window_frame_range
-from wc_jax.rl.config import ConfigError
+from wc_jax.rl.config import ConfigError, require_idm_reward
 
 OBJECTIVES = ("grpo", "supervised")
 
@@ -98,9 +98,7 @@ def wrap_reward_stage(stage, idm, cfg, real_window: Callable | None = None, log=
   scfg = from_config(cfg.get("swirl", None))
   if not scfg.enabled:
     return stage
-  if "idm" not in stage.weights:
-    raise ConfigError("swirl.enabled", True, "alternates the IDM of the 'idm' reward, but rewards.weights has no idm "
-                      f"(has {sorted(stage.weights)}): add e.g. rewards.weights.idm=2.0")
+  require_idm_reward(stage.weights)
   if idm is None:
     raise ConfigError("swirl.enabled", True, "needs the idm reward's inverse-dynamics model (rewards.idm)")
   return SwirlRewardStage(stage, idm, scfg, int(cfg.rl.get("trajectories_per_step", 1)), real_window=real_window,
