@@ -239,6 +239,27 @@ def test_base_checkpoint_loads_and_exports_like_a_converted_dit(tmp_path, capsys
   same_weights(load_model(kinds.DIT, tmp_path / "torch"))   # a reference folder loads directly too
 
 
+def test_staged_base_training_continues_the_model(tmp_path):
+  """base.init continues a trained base in its own latent map: at lr 0 the second stage's (EMA)
+  weights are exactly the first stage's, not a fresh init; a folder without latent.json is a clear error."""
+  from wc_jax.convert.common import load_orbax
+  cfg = micro_config()
+  cfg.world.train_clips, cfg.world.train_latents = 4, 8
+  cfg.base.update(dict(steps=3, batch_size=2, log_every=3))
+  B.train(cfg, str(tmp_path / "a"), log=lambda m: None)
+  cfg.base.update(dict(init=str(tmp_path / "a" / "model"), steps=12, lr=0.0, ema_decay=0.5))
+  init, latent = B.staged_init(cfg)
+  B.train(cfg, str(tmp_path / "b"), init=init, latent=latent, ema_on_init=True, log=lambda m: None)
+  first = jax.tree.leaves(load_orbax(tmp_path / "a" / "model")[0])
+  second = jax.tree.leaves(load_orbax(tmp_path / "b" / "model")[0])
+  assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(first, second))
+  assert (tmp_path / "b" / "latent.json").read_text() == (tmp_path / "a" / "latent.json").read_text()
+  (tmp_path / "c").mkdir()
+  cfg.base.init = str(tmp_path / "c" / "model")
+  with pytest.raises(FileNotFoundError, match="no .*latent.json beside it"):
+    B.staged_init(cfg)
+
+
 def test_base_training_writes_snapshots_midway(tmp_path):
   """base.snapshot_every=k saves the weights every k steps (not at the end, which is `model/`):
   a loadable "dit" checkpoint per snapshot, each the weights of its step, not copies of one."""

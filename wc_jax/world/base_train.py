@@ -125,13 +125,15 @@ def save_params(params, out: pathlib.Path, cfg, extra: dict | None = None) -> No
 
 def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None = None, log=print,
           init: str | None = None, lr: float | None = None, latent: PatchLatent | None = None,
-          seconds: float | None = None) -> dict:
+          seconds: float | None = None, ema_on_init: bool = False) -> dict:
   """Trains the base model; writes workdir/{latent.json, model/, base_metrics.jsonl}. Returns a summary.
 
   `init` (a DiT checkpoint) with `latent` (its latent map) continues training a model instead
   of starting from scratch (the supervised fine-tuning baseline of the study; the raw weights
   are saved, no EMA); `lr` overrides `base.lr`; `seconds` stops training after that much wall
-  time (compilation included), the equal-compute budget of a baseline."""
+  time (compilation included), the equal-compute budget of a baseline. `ema_on_init` keeps the EMA
+  of a continued run (a long base training in stages, `base.init`), which then saves EMA weights
+  like a run from scratch."""
   wd = pathlib.Path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
   bc, w = cfg.base, cfg.world
@@ -178,8 +180,11 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
     ema = jax.tree.map(lambda e, p: bc.ema_decay * e + (1 - bc.ema_decay) * p, ema, params)
     return params, opt_state, ema, loss, optax.global_norm(g)
 
-  rng = np.random.default_rng(cfg.seed)
-  key = jax.random.key(cfg.seed)
+  # a staged run draws a fresh batch stream (the first stage's would repeat); a run from scratch
+  # and the fine-tuning baselines keep the seed's stream
+  stream = (cfg.seed, 1) if init and ema_on_init else cfg.seed
+  rng = np.random.default_rng(stream)
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 1) if init and ema_on_init else jax.random.key(cfg.seed)
   hist = []
   metrics = open(wd / "base_metrics.jsonl", "w")
   t1 = time.time()
@@ -201,22 +206,36 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
       log(f"base step {s}/{steps} loss {rec['loss']:.4f} ({rec['time']:.0f}s)")
     if snapshot_every and s % snapshot_every == 0 and s < steps:
       # mid-run weights (EMA once warm, as at the end): a long run can be judged, or used, before it ends
-      warm = s >= 5 / (1 - bc.ema_decay) and not init
+      warm = s >= 5 / (1 - bc.ema_decay) and (not init or ema_on_init)
       save_params(ema if warm else params, wd / "snapshots" / f"step{s:06d}", cfg, {"steps": s})
   metrics.close()
   steps = len(hist)
   if steps > 0:
     # EMA weights early in a short run are mostly the random init: use them only once warm.
-    final = ema if steps >= 5 / (1 - bc.ema_decay) and not init else params
+    final = ema if steps >= 5 / (1 - bc.ema_decay) and (not init or ema_on_init) else params
     save_params(final, wd / "model", cfg, {"steps": steps})
   return {"losses": hist, "time_data": t_data, "time_train": time.time() - t1, "latent": latent}
+
+
+def staged_init(cfg) -> tuple[str | None, PatchLatent | None]:
+  """`base.init` (a base workdir's model/ folder) and the latent map beside it: a long base training
+  run in stages continues the model in its own latent space, with a fresh schedule."""
+  init = str(cfg.base.get("init", "") or "")
+  if not init:
+    return None, None
+  latent_file = pathlib.Path(init).parent / "latent.json"
+  if not latent_file.exists():
+    raise FileNotFoundError(f"base.init={init}: no {latent_file} beside it; base.init must be the model/ "
+                            "folder of a base_train workdir")
+  return init, PatchLatent.from_dict(json.loads(latent_file.read_text()))
 
 
 def main(argv):
   del argv
   from absl import flags
   cfg = flags.FLAGS.config
-  out = train(cfg, flags.FLAGS.workdir)
+  init, latent = staged_init(cfg)
+  out = train(cfg, flags.FLAGS.workdir, init=init, latent=latent, ema_on_init=True)
   print(f"base training: {len(out['losses'])} steps, final loss {np.mean(out['losses'][-50:]):.4f}, "
         f"{out['time_train']:.0f}s")
 
