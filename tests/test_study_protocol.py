@@ -84,6 +84,41 @@ def test_render_judge_does_not_credit_a_frozen_video(judged):
     J.judge(clips.frames, renders, "mse")
 
 
+def test_chained_judge_forgives_one_wrong_step(judged):
+  """A video that stands still at step 1 and then makes every commanded motion from where it is:
+  the chained judge fails step 1 only; the commanded-pose judge also fails most later steps
+  (their content is offset from every candidate). Ground truth reads the same under both."""
+  cfg, clips, renders, more, more_r = judged
+  for metric in ("psnr", "ssim"):
+    pred, best = J.judge_chained(more.frames, more, cfg, metric=metric)
+    np.testing.assert_array_equal(pred, more.actions[:, 1:])
+    np.testing.assert_array_equal(best, more_r.commanded)
+  c2w = np.linalg.inv(np.asarray(more.w2c, np.float64))
+  late = np.empty_like(more.frames)
+  for i in range(len(more.frames)):
+    poses = [c2w[i, 0], c2w[i, 0]]                                          # step 1: no motion
+    for k in range(2, c2w.shape[1]):
+      poses.append(poses[-1] @ np.linalg.inv(c2w[i, k - 1]) @ c2w[i, k])    # then the commanded motion
+    late[i] = D.render_poses(D.scene(int(more.scenes[i]), cfg), np.stack(poses), cfg)
+  chained = J.judge_chained(late, more, cfg)[0] == more.actions[:, 1:]
+  absolute = J.judge(late, more_r)[0] == more.actions[:, 1:]
+  assert not chained[:, 0].any() and chained[:, 1:].all()
+  assert absolute[:, 1:].mean() < 0.5
+  m = E.step_metrics(late, more, more_r, world=cfg)
+  np.testing.assert_array_equal(m["step_exact"], chained.astype(np.float32))
+  pt = E.per_trajectory(m, more.actions.shape[1])
+  np.testing.assert_allclose(pt["step_exact"], 100.0 * chained.mean(1))
+  short = E.step_metrics(late, more, more_r, world=cfg, chained_steps=2)      # the first 2 steps only
+  np.testing.assert_array_equal(short["step_exact"], chained[:, :2].astype(np.float32))
+  assert "step_exact" in E.per_trajectory(short, 3) and "step_exact" not in E.per_trajectory(short, 4)
+  with pytest.raises(ValueError, match="judge_chained: frames must be"):
+    J.judge_chained(more.frames[:, :, :8], more, cfg)
+  with pytest.raises(ValueError, match=r"judge_chained: steps must be in \[1, 5\], got 6"):
+    J.judge_chained(more.frames, more, cfg, steps=6)
+  with pytest.raises(ValueError, match="metric must be"):
+    J.judge_chained(more.frames, more, cfg, metric="mse")
+
+
 def test_ssim_and_psnr_known_values():
   rng = np.random.default_rng(0)
   a = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)

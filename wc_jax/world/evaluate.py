@@ -120,14 +120,20 @@ def judge_on_ground_truth(clips: D.Clips, judge, horizons) -> dict:
   return score(clips.frames, clips, judge, horizons)
 
 
-def step_metrics(frames: np.ndarray, clips: D.Clips, renders: J.CandidateRenders, idm=None) -> dict:
+def step_metrics(frames: np.ndarray, clips: D.Clips, renders: J.CandidateRenders, idm=None,
+                 world: D.WorldConfig | None = None, chained_steps: int | None = None) -> dict:
   """Per-trajectory, per-step numbers of generated frames [N, L, H, W, 3] (the study's cache
-  format): render-and-compare judge `exact` / `fine` [N, S] (steps 1..S of the renders), the
-  IDM judge's `idm_exact` [N, L-1] when `idm` is given, `psnr` / `ssim` to the ground truth
-  and detail `q_gen` / `q_gt` [N, L]."""
+  format): render-and-compare judge `exact` / `fine` [N, S] (steps 1..S of the renders), with
+  `world` also the chained judge's `step_exact` [N, S] (each step from the pose the video reached,
+  `J.judge_chained`; its first `chained_steps` steps only, as it renders per video), the IDM judge's `idm_exact` [N, L-1] when `idm` is given, `psnr` / `ssim`
+  to the ground truth and detail `q_gen` / `q_gt` [N, L]."""
   pred, best = J.judge(frames, renders)
   s = pred.shape[1]
   want = clips.actions[:, 1:s + 1]
+  chained = {}
+  if world is not None:
+    k = s if chained_steps is None else min(int(chained_steps), s)
+    chained["step_exact"] = (J.judge_chained(frames, clips, world, k)[0] == want[:, :k]).astype(np.float32)
   pt, pr = split_action(pred)
   wt, wr = split_action(want)
   out = {"exact": (pred == want).astype(np.float32),
@@ -136,7 +142,7 @@ def step_metrics(frames: np.ndarray, clips: D.Clips, renders: J.CandidateRenders
          "psnr": J.psnr(frames, clips.frames).astype(np.float32),
          "ssim": J.ssim(frames, clips.frames).astype(np.float32),
          "q_gen": np.asarray(sharpness(jnp.asarray(frames)), np.float32),
-         "q_gt": np.asarray(sharpness(jnp.asarray(clips.frames)), np.float32)}
+         "q_gt": np.asarray(sharpness(jnp.asarray(clips.frames)), np.float32), **chained}
   if idm is not None:
     out["idm_exact"] = (np.asarray(predicted_actions(idm, jnp.asarray(frames))) == clips.actions[:, 1:]).astype(np.float32)
   return out
@@ -144,11 +150,13 @@ def step_metrics(frames: np.ndarray, clips: D.Clips, renders: J.CandidateRenders
 
 def per_trajectory(m: dict, horizon: int) -> dict:
   """metric -> [N] per-trajectory values over latents 1..horizon-1 of `step_metrics` output
-  (detail: the trajectory's Q(generated) / Q(ground truth))."""
+  (detail: the trajectory's Q(generated) / Q(ground truth)); a judge that covered fewer steps
+  than the horizon (`step_exact` with `chained_steps`) is left out, not averaged over fewer."""
   k = horizon - 1
   if k < 1 or k > m["exact"].shape[1]:
     raise ValueError(f"per_trajectory: horizon {horizon} needs steps 1..{k}; have {m['exact'].shape[1]}")
-  out = {name: 100.0 * m[name][:, :k].mean(1) for name in ("exact", "fine", "idm_exact") if name in m}
+  out = {name: 100.0 * m[name][:, :k].mean(1) for name in ("exact", "step_exact", "fine", "idm_exact")
+         if name in m and m[name].shape[1] >= k}
   out["psnr"] = m["psnr"][:, 1:horizon].mean(1)
   out["ssim"] = m["ssim"][:, 1:horizon].mean(1)
   out["detail"] = m["q_gen"][:, 1:horizon].mean(1) / np.maximum(m["q_gt"][:, 1:horizon].mean(1), 1e-6)

@@ -13,6 +13,12 @@ step is.
 Candidate renders depend only on the evaluation set (scenes and commanded poses), not on
 the model, so they are computed once per set (`candidate_renders`) and reused.
 
+Judged from commanded poses, one wrong step shifts the content of every later frame away from
+all of its candidates, so a video that turns the wrong way once and then follows every command
+is failed at every later step. `judge_chained` is the per-step view (what a relative pose
+error measures): step k's candidates are rendered from the pose the judge picked at step k-1,
+starting from the ground-truth first pose. It renders per video, so it runs per evaluation.
+
     renders = candidate_renders(clips, wcfg)     # [N, L-1, M, H, W, 3], labels [N, L-1, M]
     pred, best = judge(frames, renders)          # label and candidate index per step
 """
@@ -138,6 +144,43 @@ def judge(frames: np.ndarray, renders: CandidateRenders, metric: str = "psnr") -
   score = psnr(gen, cand) if metric == "psnr" else ssim(gen, cand)          # [N, S, M]
   best = score.argmax(-1)
   return np.take_along_axis(renders.labels[:, :s], best[..., None], -1)[..., 0], best
+
+
+def judge_chained(frames: np.ndarray, clips: D.Clips, cfg: D.WorldConfig, steps: int | None = None,
+                  metric: str = "psnr") -> tuple[np.ndarray, np.ndarray]:
+  """Judged labels [N, S] and best candidate [N, S] of generated frames [N, L, H, W, 3], each step
+  judged from the previous step's judged pose (ground truth's first pose at step 1); S = `steps`
+  (default L - 1). A ground-truth video is judged exactly like `judge` does."""
+  if metric not in ("psnr", "ssim"):
+    raise ValueError(f"judge_chained: metric must be 'psnr' or 'ssim', got {metric!r}")
+  n, length = clips.actions.shape
+  frames = np.asarray(frames, np.float32)
+  if frames.ndim != 5 or frames.shape[0] != n or frames.shape[2:] != (cfg.height, cfg.width, 3):
+    raise ValueError(f"judge_chained: frames must be [{n}, L, {cfg.height}, {cfg.width}, 3], got {frames.shape}")
+  s = min(frames.shape[1], length) - 1 if steps is None else int(steps)
+  if not 1 <= s <= min(frames.shape[1], length) - 1:
+    raise ValueError(f"judge_chained: steps must be in [1, {min(frames.shape[1], length) - 1}], got {s}")
+  _, rows = candidate_motions(cfg)
+  labels = _candidate_labels(rows)
+  c2w = np.linalg.inv(np.asarray(clips.w2c, np.float64))
+  pred = np.empty((n, s), np.int32)
+  best = np.empty((n, s), np.int64)
+  scenes = {}
+  for i in range(n):
+    sid = int(clips.scenes[i])
+    if sid not in scenes:
+      scenes[sid] = D.scene(sid, cfg)
+    pose = c2w[i, 0]
+    for k in range(s):
+      poses = np.stack([T.motions_to_poses(r[None], start=pose)[0] for r in rows])
+      # quantised like `candidate_renders`, so both judges see the same candidate images
+      cand = np.round(np.clip(D.render_poses(scenes[sid], poses, cfg), 0, 1) * 255).astype(np.uint8)
+      gen = frames[i, k + 1][None]
+      score = psnr(gen, cand.astype(np.float32) / 255.0) if metric == "psnr" else ssim(gen, cand.astype(np.float32) / 255.0)
+      best[i, k] = int(score.argmax())
+      pred[i, k] = labels[best[i, k]]
+      pose = poses[best[i, k]]
+  return pred, best
 
 
 def per_primitive(correct: np.ndarray, renders: CandidateRenders) -> dict:
