@@ -42,7 +42,7 @@ def latent_reward_stage():
     return -jnp.mean(jnp.abs(frames - window.first_frame))
 
   return RewardStage(decode=decode, rewards={"fine_action": brightness, "drift": contrast},
-                     weights={"fine_action": 2.0, "drift": 1.0})
+                     weights={"fine_action": 2.0, "drift": 1.0}, frames_per_latent=1)
 
 
 def test_curriculum():
@@ -142,6 +142,20 @@ def test_nonfinite_reward_skips_the_update(tmp_path):
   before = _params(tr)
   m = tr.step(1)
   assert m["skipped_nonfinite"] == 1 and m["optimizer_step_applied"] == 0
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_params(tr))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_reward_stage_rejects_a_decoder_of_another_stride(tmp_path):
+  """The reward window counts frames_per_latent frames per latent: a decoder that makes another
+  number is an error naming both, and nothing is updated."""
+  cfg = micro_config()
+  stage = latent_reward_stage()
+  stage.frames_per_latent = 4                       # the decoder makes one frame per latent
+  tr = Trainer(cfg, str(tmp_path), reward_stage=stage)
+  before = _params(tr)
+  with pytest.raises(ValueError, match=r"the decoder made \d+ frames of \d+ latents; frames_per_latent=4 expects"):
+    tr.step(1)
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_params(tr))):
     np.testing.assert_array_equal(a, b)
 

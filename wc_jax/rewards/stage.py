@@ -23,21 +23,24 @@ LATENT_FRAMES = 4          # decoded frames per latent after the first (the caus
 WINDOWS = ("wc_jax", "released")
 
 
-def window_frame_range(clip: int, chunk: int, window: str = "wc_jax") -> tuple[int, int]:
+def window_frame_range(clip: int, chunk: int, window: str = "wc_jax",
+                       frames_per_latent: int = LATENT_FRAMES) -> tuple[int, int]:
   """[start, stop) of the video frames the reward window of clip `clip` (1-indexed) covers.
 
   Clip 1 decodes its own `chunk` latents: frames 0 .. 4(chunk-1). Later clips, s0 = (clip-1)*chunk:
   "wc_jax" decodes the previous latent + the `chunk` new ones and keeps 1 + 4*chunk frames, from
   the previous latent's last frame 4(s0-1) to 4(s0+chunk-1); "released" (the reference) decodes
-  [latent 0 + 2 previous + the new ones] and keeps the new latents' 4*chunk frames.
+  [latent 0 + 2 previous + the new ones] and keeps the new latents' 4*chunk frames (4: the
+  decoder's `frames_per_latent`).
   """
   if window not in WINDOWS:
     raise ValueError(f"reward window must be one of {WINDOWS}, got {window!r}")
+  f = int(frames_per_latent)
   s0 = (clip - 1) * chunk
-  stop = LATENT_FRAMES * (s0 + chunk - 1) + 1
+  stop = f * (s0 + chunk - 1) + 1
   if clip == 1:
     return 0, stop
-  return (LATENT_FRAMES * (s0 - 1) if window == "wc_jax" else stop - LATENT_FRAMES * chunk), stop
+  return (f * (s0 - 1) if window == "wc_jax" else stop - f * chunk), stop
 
 
 @dataclasses.dataclass
@@ -56,6 +59,7 @@ class RewardStage:
   window: str = "wc_jax"      # which frames a clip's rewards read: see window_frame_range
   reads_real: bool = False    # a reward compares with the real continuation (window.real)
   rwml_rule: RwmlRule | None = None
+  frames_per_latent: int = LATENT_FRAMES   # the decoder's temporal stride (causal: 1 + f*(T-1) frames)
 
   def __call__(self, r: Any, first_latent_window: jax.Array | None, real_frames: np.ndarray | None = None):
     """Scores one clip rollout `r` (x0 [G,C,T',h,w] candidates, prefix [1,C,T_p,h,w], action [1,T']).
@@ -75,7 +79,12 @@ class RewardStage:
     else:
       lat = jnp.concatenate([bc(first_latent_window), r.x0], axis=2)
     frames = self.decode(lat)
-    start, stop = window_frame_range(r.clip, chunk, self.window)
+    f = int(self.frames_per_latent)
+    if frames.shape[1] != 1 + f * (lat.shape[2] - 1):
+      # the window arithmetic counts f frames per latent: another stride would read the wrong frames
+      raise ValueError(f"RewardStage: the decoder made {frames.shape[1]} frames of {lat.shape[2]} latents; "
+                       f"frames_per_latent={f} expects {1 + f * (lat.shape[2] - 1)} (a causal VAE's 1 + f*(T-1))")
+    start, stop = window_frame_range(r.clip, chunk, self.window, f)
     frames = frames[:, -(stop - start):]
     if released and first_latent_window is None:   # clip 1: each candidate's own first frame
       firsts = frames[:, 0]

@@ -162,7 +162,8 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None):
   if swirl_lib.from_config(cfg.get("swirl", None)).enabled:
     require_idm_reward(rcfg.weights.keys())          # before any model is built
   with phase("building the VAE decoder", cfg.vae.checkpoint or "random weights"):
-    decode = make_decoder(build_vae(cfg.vae, latent_channels))
+    vae = build_vae(cfg.vae, latent_channels)
+    decode = make_decoder(vae)
   built = {}
 
   def models(role):
@@ -196,7 +197,7 @@ def build_reward_stage(cfg, latent_channels: int, mesh=None):
       rule = similarity_rule(spec.name, spec.score, model, options)
   window = cfg.rl.get("reward_window", "wc_jax") if "rl" in cfg else "wc_jax"
   stage = RewardStage(decode=decode, rewards=fns, weights=weights, mesh=mesh, window=window, reads_real=reads_real,
-                      rwml_rule=rule)
+                      rwml_rule=rule, frames_per_latent=int(vae.config.ffactor_temporal))
   return swirl_lib.wrap_reward_stage(stage, built.get("idm"), cfg, log=logging.getLogger("wc_jax.train").info)
 
 

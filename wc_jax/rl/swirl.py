@@ -192,7 +192,8 @@ class SwirlRewardStage:
                        "data has none: use data with video (the synthetic world attaches them) or objective='grpo'")
     if self.real_window is not None:
       return np.asarray(self.real_window(r, n_frames, real_frames), np.float32)
-    start, stop = window_frame_range(r.clip, np.shape(r.x0)[2], getattr(self.stage, "window", "wc_jax"))
+    start, stop = window_frame_range(r.clip, np.shape(r.x0)[2], getattr(self.stage, "window", "wc_jax"),
+                                     getattr(self.stage, "frames_per_latent", 4))
     real = np.asarray(real_frames)[start:stop]
     return real.astype(np.float32) / 255.0 if real.dtype == np.uint8 else real.astype(np.float32)
 

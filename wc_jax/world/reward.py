@@ -146,8 +146,8 @@ def make_reward_stage(latent, idm, weights: dict, rwml=None) -> RewardStage:
   if "rwml" in weights:
     opts = rwml_options(rwml)
     return WorldRewardStage(decode=decode, rewards=per_candidate, weights=w, rwml=opts,
-                            encoder=make_encoder(opts["encoder"], opts["seed"]))
-  return RewardStage(decode=decode, rewards=per_candidate, weights=w)
+                            encoder=make_encoder(opts["encoder"], opts["seed"]), frames_per_latent=1)
+  return RewardStage(decode=decode, rewards=per_candidate, weights=w, frames_per_latent=1)   # a frame per latent
 
 
 # ----------------------------------------------------------------------------- RWML in the world
