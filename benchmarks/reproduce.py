@@ -72,6 +72,7 @@ def quick(cfg):
   cfg.world.train_clips = 96
   cfg.world.idm_clips = 96
   cfg.base.steps = 60
+  cfg.base.restarts = ""          # one short cycle (a variant's restarts cover its own steps)
   cfg.base.log_every = 20
   cfg.idm.steps = 40
   cfg.rl.total_steps = 2

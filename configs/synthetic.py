@@ -53,7 +53,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.base = ml_collections.ConfigDict(dict(
       steps=3000, batch_size=8, lr=1e-3, warmup=100, weight_decay=1e-4, grad_clip=1.0, timestep_shift=3.0,
       clean_context_prob=0.5, label_noise=0.0, corrupt_poses=False, log_every=50, ema_decay=0.995,
-      snapshot_every=0, init=""))
+      snapshot_every=0, init="", restarts=""))
+  # restarts "steps:lr,...": warm-restart cosine cycles covering base.steps (a long base in one run).
   # init: a base's model/ folder to continue (staged training; its latent.json beside it).
   # snapshot_every > 0: EMA weights every that many steps in WORKDIR/snapshots/step<N> (judge a long run midway).
   # label_noise > 0 shows a fraction of chunks another clip's labels (mislabelled data), with

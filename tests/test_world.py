@@ -260,6 +260,29 @@ def test_staged_base_training_continues_the_model(tmp_path):
     B.staged_init(cfg)
 
 
+def test_base_restarts_schedule_and_its_errors(tmp_path):
+  """base.restarts joins cosine cycles (each warms up again to its own peak and decays to 10 %
+  of it); cycles that do not cover base.steps, or a malformed spec, fail before any clip is made."""
+  sched = B.lr_schedule("450:3e-3,600:2e-3", 1050, 1.0, 100)     # warmup: min(100, steps // 5) per cycle
+  assert float(sched(90)) == pytest.approx(3e-3) and float(sched(449)) == pytest.approx(3e-4, rel=0.01)
+  assert float(sched(450)) == pytest.approx(0.0) and float(sched(550)) == pytest.approx(2e-3)
+  assert float(sched(1049)) == pytest.approx(2e-4, rel=0.01)
+  single = B.lr_schedule("", 450, 3e-3, 100)
+  assert all(float(single(i)) == pytest.approx(float(sched(i))) for i in (0, 50, 100, 300, 449))
+  cfg = micro_config()
+  cfg.world.train_clips, cfg.world.train_latents = 4, 8
+  cfg.base.update(dict(steps=5, batch_size=2, log_every=5, restarts="2:1e-3,2:5e-4"))
+  with pytest.raises(ValueError, match=r"covers 4 steps but the run has 5 \(set base.steps=4\)"):
+    B.train(cfg, str(tmp_path / "a"), log=lambda m: None)
+  assert not (tmp_path / "a" / "train_clips.npz").exists()
+  for bad in ("2:1e-3;2:5e-4", "2", "1:1e-3", "2:-1"):
+    with pytest.raises(ValueError, match="base.restarts="):
+      B.parse_restarts(bad)
+  cfg.base.steps = 4
+  out = B.train(cfg, str(tmp_path / "b"), log=lambda m: None)
+  assert len(out["losses"]) == 4 and (tmp_path / "b" / "model" / "wc_jax.json").exists()
+
+
 def test_base_training_writes_snapshots_midway(tmp_path):
   """base.snapshot_every=k saves the weights every k steps (not at the end, which is `model/`):
   a loadable "dit" checkpoint per snapshot, each the weights of its step, not copies of one."""

@@ -123,6 +123,36 @@ def save_params(params, out: pathlib.Path, cfg, extra: dict | None = None) -> No
                                              **(extra or {})})
 
 
+def parse_restarts(spec: str) -> list[tuple[int, float]]:
+  """"steps:peak,steps:peak,..." -> [(steps, peak lr)]: the cosine cycles of a warm-restart schedule."""
+  cycles = []
+  for part in spec.split(","):
+    try:
+      n, p = part.split(":")
+      cycles.append((int(n), float(p)))
+    except ValueError:
+      raise ValueError(f"base.restarts={spec!r}: expected 'steps:peak_lr,steps:peak_lr,...' "
+                       f"(e.g. '4500:3e-3,6000:2e-3'), got {part!r}") from None
+    if cycles[-1][0] < 2 or cycles[-1][1] <= 0:
+      raise ValueError(f"base.restarts={spec!r}: each cycle needs >= 2 steps and a positive lr, got {part!r}")
+  return cycles
+
+
+def lr_schedule(restarts: str, steps: int, peak: float, warmup: int):
+  """Warmup + cosine to 10 % of the peak over `steps`; with `restarts` ("steps:peak,..."), one such
+  cycle per entry (SGDR warm restarts, optax.sgdr_schedule), which must cover `steps` exactly: a
+  long base run in one process, the optimizer state and EMA kept across cycles."""
+  if not restarts:
+    return optax.warmup_cosine_decay_schedule(0.0, peak, min(warmup, max(1, steps // 5)), max(steps, 2), peak * 0.1)
+  cycles = parse_restarts(restarts)
+  total = sum(n for n, _ in cycles)
+  if total != steps:
+    raise ValueError(f"base.restarts={restarts!r} covers {total} steps but the run has {steps} "
+                     f"(set base.steps={total})")
+  return optax.sgdr_schedule([dict(init_value=0.0, peak_value=p, warmup_steps=min(warmup, max(1, n // 5)),
+                                   decay_steps=n, end_value=p * 0.1) for n, p in cycles])
+
+
 def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None = None, log=print,
           init: str | None = None, lr: float | None = None, latent: PatchLatent | None = None,
           seconds: float | None = None, ema_on_init: bool = False) -> dict:
@@ -139,6 +169,10 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   bc, w = cfg.base, cfg.world
   steps = int(steps if steps is not None else bc.steps)
   snapshot_every = int(bc.get("snapshot_every", 0))
+  # the schedule first: a bad base.restarts fails before any clip is rendered
+  peak = float(bc.lr if lr is None else lr)
+  restarts = str(bc.get("restarts", "") or "") if init is None and lr is None else ""
+  sched = lr_schedule(restarts, steps, peak, int(bc.warmup))
   wcfg = world_config(cfg)
   t0 = time.time()
   if clips is None:
@@ -161,8 +195,6 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
   loss_fn = make_loss(apply, mcfg, shift=float(bc.timestep_shift), clean_context_prob=float(bc.clean_context_prob),
                       context_timestep=float(mcfg.context_timestep), label_noise=float(bc.get("label_noise", 0.0)),
                       corrupt_poses=bool(bc.get("corrupt_poses", False)))
-  peak = float(bc.lr if lr is None else lr)
-  sched = optax.warmup_cosine_decay_schedule(0.0, peak, min(bc.warmup, max(1, steps // 5)), max(steps, 2), peak * 0.1)
   tx = optax.chain(optax.clip_by_global_norm(bc.grad_clip), optax.adamw(sched, weight_decay=bc.weight_decay))
   opt_state = tx.init(params)
   ema = jax.tree.map(jnp.array, params)
