@@ -305,5 +305,10 @@ def test_synthetic_config_variants():
   import reproduce as RP
   assert RP.fingerprint(low) != RP.fingerprint(base)
   assert RP.load_config(f"{path}:lowpass").world.lowpass == 2
+  assert sum(n for n, _ in B.parse_restarts(low.base.restarts)) == low.base.steps      # the cycles cover the run
+  assert RP.quick(RP.load_config(f"{path}:lowpass")).base.restarts == ""
+  # the committed base is the :lowpass recipe's, so the study loads it for that variant (not for the default)
+  meta = json.loads((REPO / "benchmarks" / "assets" / "synthetic_base_seed0" / "study.json").read_text())
+  assert meta["fingerprint"] == RP._jsonable(RP.fingerprint(low)) != RP._jsonable(RP.fingerprint(base))
   with pytest.raises(ValueError, match=r"unknown variant 'bogus'; choose from \('panel', 'lowpass'\)"):
     mod.get_config("bogus")
