@@ -64,7 +64,7 @@ def x0_prediction(apply, params, cfg, latent, clips, sigma: float, seed: int) ->
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--config", default=str(RP.REPO / "configs" / "synthetic.py"), help="path[:variant]")
+  ap.add_argument("--config", default=str(RP.REPO / "configs" / "synthetic.py") + ":lowpass", help="path[:variant]")
   ap.add_argument("--base", required=True, help="a base folder: model/ and latent.json (base_train's workdir)")
   ap.add_argument("--workdir", required=True, help="where the held-out set is cached")
   ap.add_argument("--eval_seed", type=int, default=0)

@@ -28,7 +28,8 @@ from wc_jax.world import stats as S  # noqa: E402
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--config", default=str(REPO / "configs" / "synthetic.py"))
+  ap.add_argument("--config", default=str(REPO / "configs" / "synthetic.py") + ":lowpass",
+                  help="path[:variant]; the default variant has a committed base (benchmarks/assets)")
   ap.add_argument("--workdir", default="/tmp/wc_repro")
   ap.add_argument("--base_seed", type=int, default=0)
   ap.add_argument("--candidates", type=int, default=0, help="G (default: study.best_of)")

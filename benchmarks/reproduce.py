@@ -1,11 +1,11 @@
 """The WorldCompass study in the synthetic world, end to end, on a CPU (issue 18's protocol).
 
-    python benchmarks/reproduce.py [--workdir=/tmp/wc_repro] [--quick]
+    python benchmarks/reproduce.py [--workdir=/tmp/wc_repro] [--quick] [--config=configs/synthetic.py:lowpass]
         [--base_seeds=0] [--rl_seeds=0,1,2] [--eval_seed=0] [--trajectories=64] [--from_scratch]
         [--methods=wc,swirl_fixed,swirl_alt,rwml,wc+rwml]
 
 1. base model per base seed: the committed checkpoint when one matches the config
-   (benchmarks/assets/synthetic_base_seed<b>/), else trained here (wc_jax.world.base_train;
+   (benchmarks/assets/synthetic_base_seed<b>/: base seed 0 of the default `:lowpass` variant), else trained here (wc_jax.world.base_train;
    `--from_scratch` always retrains);
 2. two IDMs on ground truth: the reward's (training scenes) and a second-opinion judge
    (other scenes, another seed);
@@ -475,7 +475,8 @@ def _seeds(text: str) -> list[int]:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--config", default=str(REPO / "configs" / "synthetic.py"))
+  ap.add_argument("--config", default=str(REPO / "configs" / "synthetic.py") + ":lowpass",
+                  help="path[:variant]; the default variant has a committed base (benchmarks/assets)")
   ap.add_argument("--workdir", default="/tmp/wc_repro")
   ap.add_argument("--quick", action="store_true", help="minutes-long smoke version")
   ap.add_argument("--base_seeds", default="0", help="comma-separated base-model seeds")
@@ -606,6 +607,7 @@ def main(argv=None):
   total = time.time() - t0
   cmd = ("python benchmarks/reproduce.py" + (" --quick" if args.quick else "") + f" --workdir={args.workdir}"
          f" --base_seeds={args.base_seeds} --rl_seeds={args.rl_seeds} --eval_seed={args.eval_seed}"
+         + (f" --config={args.config}" if args.config != ap.get_default("config") else "")
          + (f" --trajectories={args.trajectories}" if args.trajectories else "")
          + (" --from_scratch" if args.from_scratch else "") + (f" --skip={args.skip}" if args.skip else "")
          + (" --gates_only" if args.gates_only else "") + (f" --corrupt={args.corrupt:g}" if args.corrupt else "")
