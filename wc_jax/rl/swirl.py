@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from wc_jax.models import idm as idm_lib
 from wc_jax.rewards import batch as batch_lib
-from wc_jax.rewards.stage import window_frame_range
+from wc_jax.rewards.stage import LATENT_FRAMES, window_frame_range
 from wc_jax.rl.config import ConfigError, require_idm_reward
 
 OBJECTIVES = ("grpo", "supervised")
@@ -193,7 +193,7 @@ class SwirlRewardStage:
     if self.real_window is not None:
       return np.asarray(self.real_window(r, n_frames, real_frames), np.float32)
     start, stop = window_frame_range(r.clip, np.shape(r.x0)[2], getattr(self.stage, "window", "wc_jax"),
-                                     getattr(self.stage, "frames_per_latent", 4))
+                                     getattr(self.stage, "frames_per_latent", LATENT_FRAMES))
     real = np.asarray(real_frames)[start:stop]
     return real.astype(np.float32) / 255.0 if real.dtype == np.uint8 else real.astype(np.float32)
 

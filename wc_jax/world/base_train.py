@@ -214,9 +214,10 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
 
   # a staged run draws a fresh batch stream (the first stage's would repeat); a run from scratch
   # and the fine-tuning baselines keep the seed's stream
-  stream = (cfg.seed, 1) if init and ema_on_init else cfg.seed
-  rng = np.random.default_rng(stream)
-  key = jax.random.fold_in(jax.random.key(cfg.seed), 1) if init and ema_on_init else jax.random.key(cfg.seed)
+  staged = bool(init) and ema_on_init
+  keep_ema = not init or ema_on_init          # EMA weights are saved once warm (not for fine-tuning baselines)
+  rng = np.random.default_rng((cfg.seed, 1) if staged else cfg.seed)
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 1) if staged else jax.random.key(cfg.seed)
   hist = []
   metrics = open(wd / "base_metrics.jsonl", "w")
   t1 = time.time()
@@ -238,13 +239,13 @@ def train(cfg, workdir: str, *, steps: int | None = None, clips: D.Clips | None 
       log(f"base step {s}/{steps} loss {rec['loss']:.4f} ({rec['time']:.0f}s)")
     if snapshot_every and s % snapshot_every == 0 and s < steps:
       # mid-run weights (EMA once warm, as at the end): a long run can be judged, or used, before it ends
-      warm = s >= 5 / (1 - bc.ema_decay) and (not init or ema_on_init)
+      warm = s >= 5 / (1 - bc.ema_decay) and keep_ema
       save_params(ema if warm else params, wd / "snapshots" / f"step{s:06d}", cfg, {"steps": s})
   metrics.close()
   steps = len(hist)
   if steps > 0:
     # EMA weights early in a short run are mostly the random init: use them only once warm.
-    final = ema if steps >= 5 / (1 - bc.ema_decay) and (not init or ema_on_init) else params
+    final = ema if steps >= 5 / (1 - bc.ema_decay) and keep_ema else params
     save_params(final, wd / "model", cfg, {"steps": steps})
   return {"losses": hist, "time_data": t_data, "time_train": time.time() - t1, "latent": latent}
 
