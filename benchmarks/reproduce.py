@@ -22,7 +22,7 @@
 the same protocol (bases, seeds, data stream, held-out set, judge, CIs) and only its reward
 differs (ARMS): `swirl_fixed` (the IDM reward alone, IDM fixed), `swirl_alt` (the same with SWIRL's
 alternation, config section `swirl`), `rwml` (RWML's binarised sim-to-real reward with the
-easy-group filter, `rewards.rwml`), `wc+rwml` (the WorldCompass rewards plus RWML). The shuffled
+easy-group filter, `rewards.rwml`), `rwml_soft` (the same similarity, not binarised, no filter), `wc+rwml` (the WorldCompass rewards plus RWML). The shuffled
 control and the equal-time SFT baseline belong to `wc`.
 
 Every stage caches its output in the workdir (base*/, idm_*.npz, eval_*.npz, <run>/final,
@@ -237,26 +237,38 @@ def stage_evaluate(name: str, cfg, wd: pathlib.Path, checkpoint, latent, clips, 
   return m
 
 
-# RL arms: reward weights (None: the config's rewards.weights) and whether SWIRL alternates the IDM
+# RL arms: reward weights (None: the config's rewards.weights), whether SWIRL alternates the IDM, and
+# overrides of the rewards.rwml section
 ARMS = {
-    "wc": (None, False),
-    "swirl_fixed": ({"idm": 1.0}, False),
-    "swirl_alt": ({"idm": 1.0}, True),
-    "rwml": ({"rwml": 1.0}, False),
-    "wc+rwml": ("+rwml", False),
+    "wc": (None, False, {}),
+    "swirl_fixed": ({"idm": 1.0}, False, {}),
+    "swirl_alt": ({"idm": 1.0}, True, {}),
+    "rwml": ({"rwml": 1.0}, False, {}),
+    "rwml_soft": ({"rwml": 1.0}, False, {"binarize": False, "filter_easy": False}),
+    "wc+rwml": ("+rwml", False, {}),
 }
 ARM_HEADS = {"swirl_fixed": "SWIRL, fixed IDM", "swirl_alt": "SWIRL, alternating IDM", "rwml": "RWML",
-             "wc+rwml": "WorldCompass + RWML"}
+             "rwml_soft": "RWML, unbinarised", "wc+rwml": "WorldCompass + RWML"}
 
 
 def arm_weights(cfg, arm: str) -> dict:
-  w, _ = ARMS[arm]
+  w = ARMS[arm][0]
   base = {k: float(v) for k, v in cfg.rewards.weights.items()}
   if w is None:
     return base
   if w == "+rwml":
     return {**base, "rwml": 1.0}
   return dict(w)
+
+
+def arm_config(cfg, arm: str):
+  """A copy of `cfg` with the arm's reward weights and rewards.rwml overrides (validated)."""
+  c = copy.deepcopy(cfg)
+  c.rewards.weights = type(c.rewards.weights)(arm_weights(cfg, arm))
+  for k, v in ARMS[arm][2].items():
+    c.rewards.rwml[k] = v
+  R.rwml_options(c.rewards.rwml)
+  return c
 
 
 def parse_methods(text: str) -> list[str]:
@@ -306,11 +318,10 @@ def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shu
   if done.exists():   # runs of earlier studies have no seconds_per_step: see step_seconds
     return {"model": rd / "final", **json.loads(done.read_text())}
   from wc_jax.rl.trainer import Trainer
-  c = copy.deepcopy(cfg)
+  c = arm_config(cfg, arm)
   c.model.checkpoint = str(pathlib.Path(base["model"]).absolute())
   c.seed = int(seed)
-  weights, alternate = arm_weights(c, arm), ARMS[arm][1]
-  c.rewards.weights = type(c.rewards.weights)(weights)
+  weights, alternate = {k: float(v) for k, v in c.rewards.weights.items()}, ARMS[arm][1]
   if alternate:
     c.swirl.enabled = True
     idm = R.load_idm(wd / "idm_reward.npz", c)     # a fresh copy: the alternation trains it in place

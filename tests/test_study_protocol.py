@@ -312,3 +312,26 @@ def test_synthetic_config_variants():
   assert meta["fingerprint"] == RP._jsonable(RP.fingerprint(low)) != RP._jsonable(RP.fingerprint(base))
   with pytest.raises(ValueError, match=r"unknown variant 'bogus'; choose from \('panel', 'lowpass'\)"):
     mod.get_config("bogus")
+
+
+def test_study_arms_set_their_rewards_and_reject_unknown_names():
+  """Each arm of `--methods` changes only the reward weights and the RWML options of the config it
+  runs; an unknown arm is an error naming the known ones."""
+  import reproduce as RP
+  cfg = load_config("synthetic")
+  base_weights = {k: float(v) for k, v in cfg.rewards.weights.items()}
+  seen = {}
+  for arm in RP.ARMS:
+    c = RP.arm_config(cfg, arm)
+    seen[arm] = ({k: float(v) for k, v in c.rewards.weights.items()}, R.rwml_options(c.rewards.rwml))
+    assert c.model.to_dict() == cfg.model.to_dict() and c.rl.to_dict() == cfg.rl.to_dict()
+  assert seen["wc"][0] == base_weights
+  assert seen["swirl_fixed"][0] == seen["swirl_alt"][0] == {"idm": 1.0}
+  assert seen["wc+rwml"][0] == {**base_weights, "rwml": 1.0}
+  assert seen["rwml"][1]["binarize"] and seen["rwml"][1]["filter_easy"]
+  assert not seen["rwml_soft"][1]["binarize"] and not seen["rwml_soft"][1]["filter_easy"]
+  assert seen["rwml_soft"][1]["threshold"] == seen["rwml"][1]["threshold"] == float(cfg.rewards.rwml.threshold)
+  assert cfg.rewards.rwml.binarize is True                      # the caller's config is left alone
+  assert RP.parse_methods("wc, rwml_soft,wc") == ["wc", "rwml_soft"]
+  with pytest.raises(SystemExit, match="rwml_soft"):
+    RP.parse_methods("wc,pose")
