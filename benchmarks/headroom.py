@@ -9,6 +9,11 @@ within-group correlation >= 0.5. Uses benchmarks/reproduce.py's cached stages (t
 model: the workdir's or the committed one; IDMs; held-out set):
 
     python benchmarks/headroom.py --workdir=/tmp/wc_repro [--candidates=12] [--trajectories=64] [--eval_seed=0]
+        [--per_reward]
+
+`--per_reward` also scores the same G candidates (same noises) with each reward on its own and with
+similarities to the world's real continuation (RWML's reward, binarised or not, and PSNR), and prints
+each one's within-group correlation and best-of-G: which reward can see what the judge sees.
 """
 from __future__ import annotations
 
@@ -22,8 +27,68 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import numpy as np  # noqa: E402
+
 import reproduce as RP  # noqa: E402
 from wc_jax.world import stats as S  # noqa: E402
+
+
+def per_reward_scores(cfg, wd: pathlib.Path, base: dict, idms, clips, renders, eval_seed: int, log=print) -> dict:
+  """{name: [G, N]} for the G candidates of `reproduce.stage_best_of` (same noises), plus "exact"
+  (render judge, %). Scored on the RL window (the last chunk of the RL horizon) like the trainer's
+  stages: idm (clamped log-likelihood), drift, RWML's cosine in both embeddings (raw and binarised at
+  rewards.rwml.threshold) and the PSNR to the real frames. Cached in the workdir's evals/."""
+  import jax
+  import jax.numpy as jnp
+  from wc_jax.rewards.idm import idm_reward
+  from wc_jax.world import data as D
+  from wc_jax.world import evaluate as E
+  from wc_jax.world import judge as J
+  from wc_jax.world import reward as R
+  g = int(cfg.study.best_of)
+  h = int(cfg.model.chunk_latents * cfg.rl.max_clip)
+  chunk = int(cfg.model.chunk_latents)
+  n = len(clips.actions)
+  f = wd / "evals" / f"{base['name']}_perreward{g}_e{eval_seed}_n{n}_h{h}.npz"
+  if f.exists():
+    return dict(np.load(f))
+  sub = D.Clips(clips.frames[:, :h], clips.actions[:, :h], clips.w2c[:, :h], clips.Ks[:, :h], clips.scenes)
+  apply, params = RP.params_of(cfg, base["model"])
+  acts = jnp.asarray(sub.actions, jnp.int32)
+  real = np.asarray(sub.frames[:, h - chunk:], np.float32)
+  encoders = {k: R.make_encoder(k, int(cfg.rewards.rwml.seed)) for k in R.RWML_ENCODERS}
+  out: dict = {}
+  for i in range(g):
+    frames = E.rollout(apply, params, cfg, base["latent"], sub, 1_000_000 + 1000 * eval_seed + i)
+    fr = jnp.asarray(frames)
+    row = {"idm": jax.vmap(lambda x, a: idm_reward(x, a, idms["reward"]))(fr, acts),
+           "drift": jax.vmap(R.drift_reward)(fr, fr[:, 0]),
+           "psnr_real": J.psnr(frames[:, h - chunk:], real).mean(1),
+           "exact": 100.0 * E.step_metrics(frames, sub, renders)["exact"][:, :h - 1].mean(1)}
+    for k, enc in encoders.items():
+      row[f"rwml_{k}"] = np.array([float(R.clip_similarities(enc, fr[j:j + 1, h - chunk:], jnp.asarray(real[j]))[0])
+                                   for j in range(n)])
+    for k, v in row.items():
+      out.setdefault(k, []).append(np.asarray(v, np.float64))
+  out = {k: np.stack(v) for k, v in out.items()}                              # [G, N]
+  th = float(cfg.rewards.rwml.threshold)
+  for k in R.RWML_ENCODERS:
+    out[f"rwml_{k}_binarised"] = (out[f"rwml_{k}"] >= th).astype(np.float64)
+  f.parent.mkdir(exist_ok=True)
+  np.savez(f, **out)
+  return out
+
+
+def per_reward_table(scores: dict) -> str:
+  """Markdown: each reward's within-group correlation with the judge and its best-of-G."""
+  exact = scores["exact"]
+  rows = ["| reward (RL window) | within-group corr | best-of-G by it (%) | mean (%) | oracle (%) |", "|---|---|---|---|---|"]
+  for k, v in scores.items():
+    if k == "exact":
+      continue
+    hr = S.headroom(v, exact)   # ties (a binarised reward) go to the first candidate: a random one
+    rows.append(f"| {k} | {hr['within_corr']:.2f} | {hr['best_by_reward']:.1f} | {hr['mean']:.1f} | {hr['oracle']:.1f} |")
+  return "\n".join(rows)
 
 
 def main(argv=None):
@@ -36,6 +101,7 @@ def main(argv=None):
   ap.add_argument("--trajectories", type=int, default=0, help="held-out trajectories (default: eval.trajectories)")
   ap.add_argument("--eval_seed", type=int, default=0)
   ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--per_reward", action="store_true", help="also score the candidates with each reward on its own")
   args = ap.parse_args(argv)
   cfg = RP.load_config(args.config)
   if args.quick:
@@ -63,8 +129,11 @@ def main(argv=None):
   print(f"\nwithin-group correlation(reward, judge accuracy) {hr['within_corr']:.2f} (pooled {hr['pooled_corr']:.2f}); "
         f"gate (best-of-{g} >= +25, within >= 0.5): "
         f"{'met' if hr['best_by_reward'] - hr['mean'] >= 25 and hr['within_corr'] >= 0.5 else 'not met'}")
+  if args.per_reward:
+    hr["per_reward"] = per_reward_scores(cfg, wd, base, idms, clips, renders, args.eval_seed, log)
+    print("\n" + per_reward_table(hr["per_reward"]))
   print(f"command: python benchmarks/headroom.py --workdir={args.workdir} --candidates={g} --trajectories={n} "
-        f"--eval_seed={args.eval_seed}" + (" --quick" if args.quick else ""))
+        f"--eval_seed={args.eval_seed}" + (" --quick" if args.quick else "") + (" --per_reward" if args.per_reward else ""))
   return hr
 
 

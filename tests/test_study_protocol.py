@@ -335,3 +335,20 @@ def test_study_arms_set_their_rewards_and_reject_unknown_names():
   assert RP.parse_methods("wc, rwml_soft,wc") == ["wc", "rwml_soft"]
   with pytest.raises(SystemExit, match="rwml_soft"):
     RP.parse_methods("wc,pose")
+
+
+def test_per_reward_table_ranks_rewards_by_what_the_judge_sees():
+  """headroom.py --per_reward: a reward equal to the judge's accuracy picks the oracle with
+  correlation 1; its negative picks the worst; a constant (binarised, all above threshold) reward
+  picks the first candidate and has no correlation."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import headroom as H
+  rng = np.random.default_rng(0)
+  exact = rng.uniform(0, 100, (6, 10))
+  table = H.per_reward_table({"exact": exact, "perfect": exact, "inverted": -exact, "constant": np.ones_like(exact)})
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:6]] for line in table.splitlines()[2:]}
+  oracle, worst, first = exact.max(0).mean(), exact.min(0).mean(), exact[0].mean()
+  assert rows["perfect"] == ["1.00", f"{oracle:.1f}", f"{exact.mean():.1f}", f"{oracle:.1f}"]
+  assert rows["inverted"][:2] == ["-1.00", f"{worst:.1f}"]
+  assert rows["constant"][:2] == ["nan", f"{first:.1f}"]
+  assert "exact" not in rows
