@@ -50,8 +50,10 @@ def per_reward_scores(cfg, wd: pathlib.Path, base: dict, idms, clips, renders, e
   chunk = int(cfg.model.chunk_latents)
   n = len(clips.actions)
   f = wd / "evals" / f"{base['name']}_perreward{g}_e{eval_seed}_n{n}_h{h}.npz"
-  if f.exists():
-    return dict(np.load(f))
+  digest = RP.model_digest(base["model"])
+  cached = RP.cached_arrays(f, digest, log)
+  if cached is not None:
+    return cached
   sub = D.Clips(clips.frames[:, :h], clips.actions[:, :h], clips.w2c[:, :h], clips.Ks[:, :h], clips.scenes)
   apply, params = RP.params_of(cfg, base["model"])
   acts = jnp.asarray(sub.actions, jnp.int32)
@@ -75,7 +77,7 @@ def per_reward_scores(cfg, wd: pathlib.Path, base: dict, idms, clips, renders, e
   for k in R.RWML_ENCODERS:
     out[f"rwml_{k}_binarised"] = (out[f"rwml_{k}"] >= th).astype(np.float64)
   f.parent.mkdir(exist_ok=True)
-  np.savez(f, **out)
+  np.savez(f, **out, model_digest=np.str_(digest))
   return out
 
 

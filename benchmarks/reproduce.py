@@ -216,13 +216,41 @@ def stage_eval_set(cfg, wd: pathlib.Path, eval_seed: int, num: int, latents: int
   return clips, renders
 
 
+def model_digest(checkpoint) -> str:
+  """A digest of a checkpoint's bytes (every file under it, or the file): what a cached evaluation
+  was computed from. "" when the path does not exist."""
+  import hashlib
+  root = pathlib.Path(checkpoint)
+  files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.exists() else []
+  h = hashlib.sha256()
+  for p in files:
+    h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
+    h.update(p.read_bytes())
+  return h.hexdigest()[:16] if files else ""
+
+
+def cached_arrays(f: pathlib.Path, digest: str, log):
+  """The cached arrays of `f` if they were computed from the model of `digest`, else None (a cache
+  from another model, or from before digests were stored, is recomputed)."""
+  if not f.exists():
+    return None
+  z = dict(np.load(f))
+  if str(z.pop("model_digest", "")) == digest:
+    return z
+  log(f"{f.name}: cached from another model (or before model digests); recomputing")
+  return None
+
+
 def stage_evaluate(name: str, cfg, wd: pathlib.Path, checkpoint, latent, clips, renders, judge_idm, eval_seed: int,
                    log) -> dict:
-  """Step metrics (E.step_metrics) of one model on the eval set, noise seed = eval seed (paired)."""
+  """Step metrics (E.step_metrics) of one model on the eval set, noise seed = eval seed (paired).
+  Cached per name, and recomputed when the checkpoint's bytes differ from the cached one's."""
   n, length = clips.actions.shape
   f = wd / "evals" / f"{name}_e{eval_seed}_n{n}_l{length}.npz"
-  if f.exists():
-    return dict(np.load(f))
+  digest = model_digest(checkpoint)
+  m = cached_arrays(f, digest, log)
+  if m is not None:
+    return m
   t = time.time()
   apply, params = params_of(cfg, checkpoint)
   frames = E.rollout(apply, params, cfg, latent, clips, eval_seed)
@@ -231,7 +259,7 @@ def stage_evaluate(name: str, cfg, wd: pathlib.Path, checkpoint, latent, clips, 
                      chained_steps=cfg.model.chunk_latents * cfg.rl.max_clip - 1)
   m["frames_head"] = (np.clip(frames[:4], 0, 1) * 255).astype(np.uint8)
   f.parent.mkdir(exist_ok=True)
-  np.savez(f, **m)
+  np.savez(f, **m, model_digest=np.str_(digest))
   log(f"eval {name}: {time.time() - t:.0f}s; exact at {cfg.model.chunk_latents * cfg.rl.max_clip} latents "
       f"{100 * m['exact'][:, :cfg.model.chunk_latents * cfg.rl.max_clip - 1].mean():.1f}")
   return m
@@ -315,8 +343,14 @@ def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shu
   "seconds", "seconds_per_step"}. `swirl_alt` trains its own copy of the reward IDM."""
   rd = wd / run_name("shuffled" if shuffled else arm_kind(arm), b, seed, base.get("tag", ""))
   done = rd / "done.json"
-  if done.exists():   # runs of earlier studies have no seconds_per_step: see step_seconds
-    return {"model": rd / "final", **json.loads(done.read_text())}
+  base_digest = model_digest(base["model"])
+  if done.exists():   # runs of earlier studies have no seconds_per_step (see step_seconds) nor base_digest
+    info = json.loads(done.read_text())
+    if info.get("base_digest", base_digest) != base_digest:
+      raise SystemExit(f"reproduce: {rd} was trained from another base model than {base['model']}; use a fresh "
+                       f"--workdir (or remove that run) so the study does not mix bases")
+    info.pop("base_digest", None)
+    return {"model": rd / "final", **info}
   from wc_jax.rl.trainer import Trainer
   c = arm_config(cfg, arm)
   c.model.checkpoint = str(pathlib.Path(base["model"]).absolute())
@@ -339,7 +373,8 @@ def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shu
   B.save_params(trainer.state.ema, rd / "final", c, {"rl_steps": int(c.rl.total_steps), "shuffled": shuffled,
                                                       "arm": arm})
   per_step = seconds_per_step(rd, seconds, int(c.rl.total_steps))
-  done.write_text(json.dumps({"seconds": seconds, "seconds_per_step": per_step, "arm": arm, "weights": weights}))
+  done.write_text(json.dumps({"seconds": seconds, "seconds_per_step": per_step, "arm": arm, "weights": weights,
+                              "base_digest": base_digest}))
   log(f"{rd.name}: {c.rl.total_steps} steps x {c.rl.trajectories_per_step} trajectories in {seconds:.0f}s "
       f"({per_step:.2f}s per step after the first)")
   return {"model": rd / "final", "seconds": seconds, "seconds_per_step": per_step}
@@ -375,8 +410,10 @@ def stage_best_of(cfg, wd: pathlib.Path, base: dict, b: int, idms, clips, render
   h = int(cfg.model.chunk_latents * cfg.rl.max_clip)
   n = len(clips.actions)
   f = wd / "evals" / f"{base['name']}_bestof{g}_e{eval_seed}_n{n}_h{h}.npz"
-  if f.exists():
-    return dict(np.load(f))
+  digest = model_digest(base["model"])
+  cached = cached_arrays(f, digest, log)
+  if cached is not None:
+    return cached
   t = time.time()
   sub = D.Clips(clips.frames[:, :h], clips.actions[:, :h], clips.w2c[:, :h], clips.Ks[:, :h], clips.scenes)
   apply, params = params_of(cfg, base["model"])
@@ -395,7 +432,7 @@ def stage_best_of(cfg, wd: pathlib.Path, base: dict, b: int, idms, clips, render
   grpo = prepare_grpo(r, {k: float(v) for k, v in cfg.rewards.weights.items()}, std_type="group", best_of_n=None)
   out = {"score": np.asarray(grpo.combined).T, "exact": np.stack(exact)}     # [G, N]
   f.parent.mkdir(exist_ok=True)
-  np.savez(f, **out)
+  np.savez(f, **out, model_digest=np.str_(digest))
   log(f"best-of-{g} of {base['name']}: {time.time() - t:.0f}s")
   return out
 

@@ -352,3 +352,39 @@ def test_per_reward_table_ranks_rewards_by_what_the_judge_sees():
   assert rows["inverted"][:2] == ["-1.00", f"{worst:.1f}"]
   assert rows["constant"][:2] == ["nan", f"{first:.1f}"]
   assert "exact" not in rows
+
+
+def test_cached_evaluations_and_runs_belong_to_their_model(tmp_path, monkeypatch):
+  """An evaluation cached for one checkpoint is recomputed when the checkpoint's bytes change (a
+  workdir reused with another base); a finished RL run of another base stops the study with an
+  error naming the run, and leaves the run in place."""
+  import reproduce as RP
+  cfg = load_config("synthetic")
+  cfg.world.height = cfg.world.width = 16
+  clips, renders = RP.stage_eval_set(cfg, tmp_path, 5, 2, 8, log=lambda m: None)
+  ckpt = tmp_path / "model"
+  ckpt.mkdir()
+  (ckpt / "params.bin").write_bytes(b"first base")
+  calls, logs = [], []
+  monkeypatch.setattr(RP, "params_of", lambda cfg, c: (None, None))
+  monkeypatch.setattr(E, "rollout", lambda *a, **k: calls.append(1) or clips.frames)
+  ev = lambda: RP.stage_evaluate("base", cfg, tmp_path, ckpt, None, clips, renders, None, 5, log=logs.append)
+  first = ev()
+  assert "model_digest" not in first
+  ev()
+  assert calls == [1]                                   # same bytes: the cache
+  (ckpt / "params.bin").write_bytes(b"other base")
+  ev()
+  assert calls == [1, 1] and any("another model" in m for m in logs)
+  ev()
+  assert calls == [1, 1]
+  # an RL run finished from the current base is the cache; from another base, an error
+  run = tmp_path / "rl_seed0"
+  run.mkdir()
+  (run / "done.json").write_text(json.dumps({"seconds": 1.0, "base_digest": RP.model_digest(ckpt)}))
+  r = RP.stage_rl(cfg, tmp_path, {"model": ckpt, "latent": None}, None, 0, 0, log=lambda m: None)
+  assert r == {"model": run / "final", "seconds": 1.0}
+  (ckpt / "params.bin").write_bytes(b"a third base")
+  with pytest.raises(SystemExit, match=r"rl_seed0 was trained from another base model"):
+    RP.stage_rl(cfg, tmp_path, {"model": ckpt, "latent": None}, None, 0, 0, log=lambda m: None)
+  assert (run / "done.json").exists()
