@@ -26,7 +26,8 @@ easy-group filter, `rewards.rwml`), `rwml_soft` (the same similarity, not binari
 control and the equal-time SFT baseline belong to `wc`.
 
 Every stage caches its output in the workdir (base*/, idm_*.npz, eval_*.npz, <run>/final,
-evals/*.npz), so a rerun only redoes what is missing.
+evals/*.npz), so a rerun only redoes what is missing; evaluations are tied to their checkpoint's
+bytes (`model_digest`) and runs to their base's.
 """
 from __future__ import annotations
 
