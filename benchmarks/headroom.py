@@ -61,7 +61,7 @@ def per_reward_scores(cfg, wd: pathlib.Path, base: dict, idms, clips, renders, e
   encoders = {k: R.make_encoder(k, int(cfg.rewards.rwml.seed)) for k in R.RWML_ENCODERS}
   out: dict = {}
   for i in range(g):
-    frames = E.rollout(apply, params, cfg, base["latent"], sub, 1_000_000 + 1000 * eval_seed + i)
+    frames = E.rollout(apply, params, cfg, base["latent"], sub, RP.best_of_seed(eval_seed, i))
     fr = jnp.asarray(frames)
     row = {"idm": jax.vmap(lambda x, a: idm_reward(x, a, idms["reward"]))(fr, acts),
            "drift": jax.vmap(R.drift_reward)(fr, fr[:, 0]),

@@ -356,7 +356,7 @@ def stage_rl(cfg, wd: pathlib.Path, base: dict, idm, b: int, seed: int, log, shu
   c = arm_config(cfg, arm)
   c.model.checkpoint = str(pathlib.Path(base["model"]).absolute())
   c.seed = int(seed)
-  weights, alternate = {k: float(v) for k, v in c.rewards.weights.items()}, ARMS[arm][1]
+  weights, alternate = arm_weights(cfg, arm), ARMS[arm][1]
   if alternate:
     c.swirl.enabled = True
     idm = R.load_idm(wd / "idm_reward.npz", c)     # a fresh copy: the alternation trains it in place
@@ -400,6 +400,11 @@ def stage_sft(cfg, wd: pathlib.Path, base: dict, b: int, seed: int, seconds: flo
   return {"model": rd / "model", "seconds": time.time() - t, "steps": len(out["losses"])}
 
 
+def best_of_seed(eval_seed: int, i: int) -> int:
+  """Noise seed of best-of-G candidate i (every scorer of the candidates uses the same noises)."""
+  return 1_000_000 + 1000 * eval_seed + i
+
+
 def stage_best_of(cfg, wd: pathlib.Path, base: dict, b: int, idms, clips, renders, eval_seed: int, log) -> dict:
   """G candidates of the base per held-out trajectory at the RL horizon, ranked by the RL's
   own selection score (z-scored rewards, weighted): best-of-G baseline and headroom gate."""
@@ -422,7 +427,7 @@ def stage_best_of(cfg, wd: pathlib.Path, base: dict, b: int, idms, clips, render
   rewards = {k: [] for k in cfg.rewards.weights}
   exact = []
   for i in range(g):
-    frames = E.rollout(apply, params, cfg, base["latent"], sub, 1_000_000 + 1000 * eval_seed + i)
+    frames = E.rollout(apply, params, cfg, base["latent"], sub, best_of_seed(eval_seed, i))
     fr = jnp.asarray(frames)
     if "idm" in rewards:
       rewards["idm"].append(np.asarray(jax.vmap(lambda x, a: idm_reward(x, a, idms["reward"]))(fr, acts)))
