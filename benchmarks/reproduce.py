@@ -22,7 +22,10 @@
 the same protocol (bases, seeds, data stream, held-out set, judge, CIs) and only its reward
 differs (ARMS): `swirl_fixed` (the IDM reward alone, IDM fixed), `swirl_alt` (the same with SWIRL's
 alternation, config section `swirl`), `rwml` (RWML's binarised sim-to-real reward with the
-easy-group filter, `rewards.rwml`), `rwml_soft` (the same similarity, not binarised, no filter), `wc+rwml` (the WorldCompass rewards plus RWML). The shuffled
+easy-group filter, `rewards.rwml`), `rwml_soft` (the same similarity, not binarised, no filter),
+`rwml_psnr` (the PSNR to the real frames instead of an embedding's cosine, not binarised, no filter:
+the reward with the best within-group correlation in `headroom.py --per_reward`), `wc+rwml` (the
+WorldCompass rewards plus RWML). The shuffled
 control and the equal-time SFT baseline belong to `wc`.
 
 Every stage caches its output in the workdir (base*/, idm_*.npz, eval_*.npz, <run>/final,
@@ -274,10 +277,11 @@ ARMS = {
     "swirl_alt": ({"idm": 1.0}, True, {}),
     "rwml": ({"rwml": 1.0}, False, {}),
     "rwml_soft": ({"rwml": 1.0}, False, {"binarize": False, "filter_easy": False}),
+    "rwml_psnr": ({"rwml": 1.0}, False, {"metric": "psnr", "binarize": False, "filter_easy": False}),
     "wc+rwml": ("+rwml", False, {}),
 }
 ARM_HEADS = {"swirl_fixed": "SWIRL, fixed IDM", "swirl_alt": "SWIRL, alternating IDM", "rwml": "RWML",
-             "rwml_soft": "RWML, unbinarised", "wc+rwml": "WorldCompass + RWML"}
+             "rwml_soft": "RWML, unbinarised", "rwml_psnr": "RWML, pixel PSNR", "wc+rwml": "WorldCompass + RWML"}
 
 
 def arm_weights(cfg, arm: str) -> dict:

@@ -91,8 +91,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # = threshold) is dropped from the ranking when filter_easy. wc_jax.world.reward.rwml_options.
   # threshold 0.93: the median similarity of the committed base's own 4-latent continuations on
   # training scenes (quartiles 0.90 / 0.96); at 0.7 every candidate was "real" and every group easy.
+  # metric "psnr": the pixel PSNR (dB) to the real frames instead of the embedding's cosine (the
+  # study's `rwml_psnr` arm; thresholds then in dB).
   c.rewards.rwml = ml_collections.ConfigDict(dict(encoder="random_conv", threshold=0.93, binarize=True,
-                                                  filter_easy=True, easy_threshold=-1.0, seed=0))
+                                                  filter_easy=True, easy_threshold=-1.0, seed=0, metric="cosine"))
   # SWIRL's alternation (the study's `swirl_alt` arm): after every `every` RL steps, `steps` IDM
   # updates on the policy's generations since the last phase, objective "grpo" (SWIRL: reward =
   # agreement of the IDM's sampled actions with the commanded ones) or "supervised" (cross-entropy

@@ -101,6 +101,28 @@ def test_world_stage_scores_against_the_real_clip_and_filters_easy_groups():
     stage(_rollout(easy), None, None)
 
 
+def test_psnr_metric_scores_pixels_against_the_real_clip():
+  """metric "psnr": the reward is the mean PSNR (dB) of each candidate's new frames to the real
+  ones, computed as `judge.psnr` does; no encoder is used, and binarisation reads dB."""
+  from wc_jax.world import judge as J
+  clips = D.make_clips(2, 2 * CHUNK, [5, 6], 300, WORLD)
+  real, other = clips.frames[0], clips.frames[1]
+  rng = np.random.default_rng(1)
+  noisy = np.clip(real[:CHUNK] + rng.normal(0, 0.05, real[:CHUNK].shape), 0, 1).astype(np.float32)
+  cands = np.stack([real[:CHUNK], noisy, other[:CHUNK]])
+  want = J.psnr(cands, real[:CHUNK][None]).mean(-1)
+  dense = R.make_reward_stage(LAT, None, {"rwml": 1.0}, rwml={"metric": "psnr", "binarize": False,
+                                                              "filter_easy": False})
+  s, _ = dense(_rollout(cands), None, real)
+  got = np.asarray(s["rwml"])
+  np.testing.assert_allclose(got[1:], want[1:], rtol=1e-4)
+  assert got[0] > 60 and got[0] > got[1] > got[2] and 20 < got[1] < 30, got       # exact > noisy > other scene
+  binary = R.make_reward_stage(LAT, None, {"rwml": 1.0}, rwml={"metric": "psnr", "threshold": 20.0})
+  s, _ = binary(_rollout(cands), None, real)
+  np.testing.assert_array_equal(np.asarray(s["rwml"]), [1, 1, 0])
+  np.testing.assert_array_equal(np.asarray(s["rwml_easy"]), 0.0)
+
+
 def test_random_conv_embedding_tells_a_turn_from_noise():
   """The fixed embedding space: a slightly noisy copy stays close (>= 0.9), the view after a turn
   or in another scene does not."""
@@ -120,11 +142,15 @@ def test_random_conv_embedding_tells_a_turn_from_noise():
 def test_bad_rwml_config_is_named():
   assert R.rwml_options(None)["easy_threshold"] == 0.7          # defaults to the binarisation threshold
   assert R.rwml_options({"threshold": 0.5, "easy_threshold": 0.8})["easy_threshold"] == 0.8
+  assert R.rwml_options({"metric": "psnr", "threshold": 25.0})["easy_threshold"] == 25.0
   for bad, key in (({"threshold": 2.0}, "rewards.rwml.threshold = 2.0"),
                    ({"encoder": "clip"}, "rewards.rwml.encoder = 'clip'"),
                    ({"binarize": 1}, "rewards.rwml.binarize = 1"),
                    ({"filter": True}, "rewards.rwml.filter = True: unknown key"),
-                   ({"seed": -1}, "rewards.rwml.seed = -1")):
+                   ({"seed": -1}, "rewards.rwml.seed = -1"),
+                   ({"metric": "ssim"}, "rewards.rwml.metric = 'ssim'"),
+                   ({"metric": "psnr", "threshold": -3.0}, r"rewards.rwml.threshold = -3.0: .*PSNR in dB"),
+                   ({"threshold": 25.0}, r"rewards.rwml.threshold = 25.0: .*cosine")):
     with pytest.raises(ConfigError, match=key):
       R.rwml_options(bad)
   with pytest.raises(ValueError, match="unknown rewards"):

@@ -331,6 +331,8 @@ def test_study_arms_set_their_rewards_and_reject_unknown_names():
   assert seen["rwml"][1]["binarize"] and seen["rwml"][1]["filter_easy"]
   assert not seen["rwml_soft"][1]["binarize"] and not seen["rwml_soft"][1]["filter_easy"]
   assert seen["rwml_soft"][1]["threshold"] == seen["rwml"][1]["threshold"] == float(cfg.rewards.rwml.threshold)
+  assert seen["rwml_psnr"][1]["metric"] == "psnr" and not seen["rwml_psnr"][1]["binarize"]
+  assert seen["rwml"][1]["metric"] == seen["rwml_soft"][1]["metric"] == "cosine"
   assert cfg.rewards.rwml.binarize is True                      # the caller's config is left alone
   assert RP.parse_methods("wc, rwml_soft,wc") == ["wc", "rwml_soft"]
   with pytest.raises(SystemExit, match="rwml_soft"):

@@ -15,6 +15,8 @@
   candidate's new frames and the real continuation (`WorldTrajectories` attaches the world's true
   frames), binarised at `threshold`; a group whose candidates ALL reach `easy_threshold` is too easy
   and is filtered out of the ranking (`rewards.similarity.filter_easy_groups`). `WorldRewardStage`.
+  `rewards.rwml.metric = "psnr"` replaces the embedding's cosine by the pixel PSNR (dB) to the real
+  frames: the ablation with no embedding at all (thresholds then in dB).
 * SWIRL's alternation: `make_swirl_stage` wraps the stage so that the `idm` reward's IDM is trained
   on the policy's generations on a schedule (`wc_jax.rl.swirl`).
 
@@ -153,8 +155,10 @@ def make_reward_stage(latent, idm, weights: dict, rwml=None) -> RewardStage:
 # ----------------------------------------------------------------------------- RWML in the world
 
 RWML_ENCODERS = ("random_conv", "pixels")
+RWML_METRICS = ("cosine", "psnr")     # cosine in the encoder's embedding | pixel PSNR in dB (no encoder)
 RWML_DEFAULTS = dict(encoder="random_conv", threshold=0.7, binarize=True, filter_easy=True, easy_threshold=-1.0,
-                     seed=0)
+                     seed=0, metric="cosine")
+PSNR_RANGE = (0.0, 100.0)             # `judge.psnr` caps identical images at 100 dB
 
 
 def rwml_options(section: Any = None) -> dict:
@@ -170,10 +174,14 @@ def rwml_options(section: Any = None) -> dict:
     d.update(given)
   if d["encoder"] not in RWML_ENCODERS:
     raise ConfigError("rewards.rwml.encoder", d["encoder"], f"must be one of {', '.join(RWML_ENCODERS)}")
+  if d["metric"] not in RWML_METRICS:
+    raise ConfigError("rewards.rwml.metric", d["metric"], f"must be one of {', '.join(RWML_METRICS)}")
+  lo, hi, what = (-1.0, 1.0, "a cosine similarity") if d["metric"] == "cosine" else (*PSNR_RANGE, "a PSNR in dB")
   for k in ("threshold", "easy_threshold"):
     v = d[k]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0:
-      raise ConfigError(f"rewards.rwml.{k}", v, "must be a number in [-1, 1] (a cosine similarity)")
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (lo <= v <= hi or (k == "easy_threshold" and v == -1.0))
+    if not ok:
+      raise ConfigError(f"rewards.rwml.{k}", v, f"must be a number in [{lo:g}, {hi:g}] ({what}, metric {d['metric']!r})")
   for k in ("binarize", "filter_easy"):
     if not isinstance(d[k], bool):
       raise ConfigError(f"rewards.rwml.{k}", d[k], "must be True or False")
@@ -245,6 +253,15 @@ def clip_similarities(encoder, generated, real):
   return _similarities_impl(encoder, generated, real)
 
 
+@jax.jit
+def clip_psnr(generated, real):
+  """The pixel metric instead of an embedding: generated [G,F,H,W,3], real [F,H,W,3] in [0, 1] ->
+  [G], the mean over frames of the PSNR (dB, capped at 100 for identical frames as `judge.psnr`)."""
+  mse = jnp.mean(jnp.square(jnp.asarray(generated, jnp.float32) - jnp.asarray(real, jnp.float32)[None]),
+                 axis=(-3, -2, -1))
+  return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)), axis=-1)
+
+
 def rwml_scores(similarity, opts: dict) -> dict:
   """{'rwml': the reward (binarised at `threshold` when `binarize`), 'rwml_similarity': the raw
   similarity (logged)} for one group [G]."""
@@ -284,7 +301,10 @@ class WorldRewardStage(RewardStage):
                        "build WorldTrajectories with real_frames=True")
     chunk = int(np.shape(r.x0)[2])
     real = self.real_window(r, chunk, real_frames)                 # the clip's new latents only
-    sim = clip_similarities(self.encoder, frames[:, -chunk:], jnp.asarray(real))
+    if self.rwml.get("metric", "cosine") == "psnr":
+      sim = clip_psnr(frames[:, -chunk:], jnp.asarray(real))
+    else:
+      sim = clip_similarities(self.encoder, frames[:, -chunk:], jnp.asarray(real))
     scores = {**scores, **rwml_scores(sim, self.rwml)}
     if self.rwml["filter_easy"]:
       easy = easy_groups(sim[None], self.rwml["easy_threshold"])   # [1]
