@@ -40,6 +40,7 @@ from wc_jax.rewards.similarity import binarize, easy_groups, filter_easy_groups
 from wc_jax.rewards.stage import RewardStage
 from wc_jax.rl import swirl as swirl_lib
 from wc_jax.rl.config import ConfigError
+from wc_jax.world import judge
 
 
 def idm_config(cfg) -> idm_lib.IDMConfig:
@@ -147,8 +148,9 @@ def make_reward_stage(latent, idm, weights: dict, rwml=None) -> RewardStage:
   per_candidate = {k: fns[k] for k in weights if k != "rwml"}
   if "rwml" in weights:
     opts = rwml_options(rwml)
+    encoder = None if opts["metric"] == "psnr" else make_encoder(opts["encoder"], opts["seed"])
     return WorldRewardStage(decode=decode, rewards=per_candidate, weights=w, rwml=opts,
-                            encoder=make_encoder(opts["encoder"], opts["seed"]), frames_per_latent=1)
+                            encoder=encoder, frames_per_latent=1)
   return RewardStage(decode=decode, rewards=per_candidate, weights=w, frames_per_latent=1)   # a frame per latent
 
 
@@ -158,7 +160,7 @@ RWML_ENCODERS = ("random_conv", "pixels")
 RWML_METRICS = ("cosine", "psnr")     # cosine in the encoder's embedding | pixel PSNR in dB (no encoder)
 RWML_DEFAULTS = dict(encoder="random_conv", threshold=0.7, binarize=True, filter_easy=True, easy_threshold=-1.0,
                      seed=0, metric="cosine")
-PSNR_RANGE = (0.0, 100.0)             # `judge.psnr` caps identical images at 100 dB
+PSNR_RANGE = (0.0, 100.0)             # judge.psnr caps identical images at 100 dB
 
 
 def rwml_options(section: Any = None) -> dict:
@@ -253,15 +255,6 @@ def clip_similarities(encoder, generated, real):
   return _similarities_impl(encoder, generated, real)
 
 
-@jax.jit
-def clip_psnr(generated, real):
-  """The pixel metric instead of an embedding: generated [G,F,H,W,3], real [F,H,W,3] in [0, 1] ->
-  [G], the mean over frames of the PSNR (dB, capped at 100 for identical frames as `judge.psnr`)."""
-  mse = jnp.mean(jnp.square(jnp.asarray(generated, jnp.float32) - jnp.asarray(real, jnp.float32)[None]),
-                 axis=(-3, -2, -1))
-  return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)), axis=-1)
-
-
 def rwml_scores(similarity, opts: dict) -> dict:
   """{'rwml': the reward (binarised at `threshold` when `binarize`), 'rwml_similarity': the raw
   similarity (logged)} for one group [G]."""
@@ -301,8 +294,8 @@ class WorldRewardStage(RewardStage):
                        "build WorldTrajectories with real_frames=True")
     chunk = int(np.shape(r.x0)[2])
     real = self.real_window(r, chunk, real_frames)                 # the clip's new latents only
-    if self.rwml.get("metric", "cosine") == "psnr":
-      sim = clip_psnr(frames[:, -chunk:], jnp.asarray(real))
+    if self.rwml.get("metric", "cosine") == "psnr":                 # the judge's PSNR, mean over the frames
+      sim = jnp.asarray(judge.psnr(np.asarray(frames[:, -chunk:]), real[None]).mean(-1), jnp.float32)
     else:
       sim = clip_similarities(self.encoder, frames[:, -chunk:], jnp.asarray(real))
     scores = {**scores, **rwml_scores(sim, self.rwml)}
