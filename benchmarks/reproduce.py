@@ -404,6 +404,16 @@ def stage_sft(cfg, wd: pathlib.Path, base: dict, b: int, seed: int, seconds: flo
   return {"model": rd / "model", "seconds": time.time() - t, "steps": len(out["losses"])}
 
 
+STAGES = ("rl", "shuffled", "sft", "sft_corrupt", "best_of")   # what --skip can leave out
+
+
+def sft_stages(skip: set, corrupt: float) -> list[tuple[str, float]]:
+  """The SFT baselines to run, as (run kind, corruption): clean data, and in setting (b) the
+  corrupted data too; "sft" in `skip` drops both, "sft_corrupt" only the second."""
+  out = [] if "sft" in skip else [("sft", 0.0)] + ([("sft_corrupt", float(corrupt))] if corrupt else [])
+  return [(k, p) for k, p in out if k not in skip]
+
+
 def best_of_seed(eval_seed: int, i: int) -> int:
   """Noise seed of best-of-G candidate i (every scorer of the candidates uses the same noises)."""
   return 1_000_000 + 1000 * eval_seed + i
@@ -542,7 +552,8 @@ def main(argv=None):
   ap.add_argument("--eval_seed", type=int, default=0, help="held-out scene/trajectory/noise seed of the evaluation")
   ap.add_argument("--trajectories", type=int, default=0, help="held-out trajectories (default: eval.trajectories)")
   ap.add_argument("--from_scratch", action="store_true", help="train the base here even if a committed one matches")
-  ap.add_argument("--skip", default="", help="comma-separated stages to leave out: rl, shuffled, sft, best_of")
+  ap.add_argument("--skip", default="", help=f"comma-separated stages to leave out: {', '.join(STAGES)} (sft: "
+                  "both SFT baselines; sft_corrupt: only setting (b)'s SFT on corrupted data)")
   ap.add_argument("--methods", default="wc", help=f"comma-separated RL arms: {', '.join(ARMS)} (default wc: "
                   "WorldCompass; its shuffled control and SFT baseline run with it)")
   ap.add_argument("--gates_only", action="store_true", help="stop after the capability and headroom gates")
@@ -559,8 +570,8 @@ def main(argv=None):
       args.rl_seeds = "0"
   base_seeds, rl_seeds = _seeds(args.base_seeds), _seeds(args.rl_seeds)
   skip = {s for s in args.skip.split(",") if s}
-  if skip - {"rl", "shuffled", "sft", "best_of"}:
-    raise SystemExit(f"reproduce: --skip takes rl, shuffled, sft, best_of; got {sorted(skip)}")
+  if skip - set(STAGES):
+    raise SystemExit(f"reproduce: --skip takes {', '.join(STAGES)}; got {sorted(skip)}")
   methods = parse_methods(args.methods)
   if "wc" not in methods:
     skip |= {"rl", "shuffled"}   # the control and the SFT budget are WorldCompass's
@@ -649,11 +660,9 @@ def main(argv=None):
         r = stage_rl(cfg, wd, bases[b], idms["reward"], b, s, log, arm=arm)
         step_time.setdefault(arm_kind(arm), []).append(step_seconds(cfg, wd, r, arm_kind(arm), b, s, tag))
         evals[arm_kind(arm)].append(evaluate(bases[b], r["model"], run_name(arm_kind(arm), b, s, tag)))
-      if "sft" not in skip:
-        for kind, p in (("sft", 0.0), ("sft_corrupt", args.corrupt)):
-          if kind == "sft" or p:
-            r = stage_sft(cfg, wd, bases[b], b, s, rl_time[(b, s)], log, corrupt=p)
-            evals[kind].append(evaluate(bases[b], r["model"], run_name(kind, b, s, tag)))
+      for kind, p in sft_stages(skip, args.corrupt):
+        r = stage_sft(cfg, wd, bases[b], b, s, rl_time[(b, s)], log, corrupt=p)
+        evals[kind].append(evaluate(bases[b], r["model"], run_name(kind, b, s, tag)))
     for kind, ms in evals.items():
       if ms:
         for h in horizons:

@@ -339,6 +339,20 @@ def test_study_arms_set_their_rewards_and_reject_unknown_names():
     RP.parse_methods("wc,pose")
 
 
+def test_skip_picks_the_sft_baselines_and_rejects_unknown_stages(tmp_path):
+  """--skip=sft drops both SFT baselines, --skip=sft_corrupt only setting (b)'s corrupted one;
+  an unknown stage stops the study before it makes its workdir."""
+  import reproduce as RP
+  assert RP.sft_stages(set(), 0.5) == [("sft", 0.0), ("sft_corrupt", 0.5)]
+  assert RP.sft_stages(set(), 0.0) == [("sft", 0.0)]
+  assert RP.sft_stages({"sft_corrupt"}, 0.5) == [("sft", 0.0)]
+  assert RP.sft_stages({"sft"}, 0.5) == [] == RP.sft_stages({"sft", "sft_corrupt"}, 0.5)
+  wd = tmp_path / "wd"
+  with pytest.raises(SystemExit, match=r"--skip takes rl, shuffled, sft, sft_corrupt, best_of; got \['sft_clean'\]"):
+    RP.main([f"--workdir={wd}", "--skip=sft_clean"])
+  assert not wd.exists()
+
+
 def test_per_reward_table_ranks_rewards_by_what_the_judge_sees():
   """headroom.py --per_reward: a reward equal to the judge's accuracy picks the oracle with
   correlation 1; its negative picks the worst; a constant (binarised, all above threshold) reward
