@@ -281,7 +281,7 @@ class WorldRewardStage(RewardStage):
   """The world's reward stage with RWML: the per-candidate rewards as `RewardStage`, then the
   group's RWML scores against the real continuation of the clip and the easy-group filter.
   Real frames are ONE per latent here (the patch latent), so the stage slices them itself."""
-  rwml: dict = dataclasses.field(default_factory=dict)
+  rwml: dict = dataclasses.field(default_factory=dict)        # rwml_options(...): every key filled in
   encoder: Any = None
 
   def real_window(self, r, n_frames: int, real_frames) -> np.ndarray:
@@ -294,7 +294,7 @@ class WorldRewardStage(RewardStage):
                        "build WorldTrajectories with real_frames=True")
     chunk = int(np.shape(r.x0)[2])
     real = self.real_window(r, chunk, real_frames)                 # the clip's new latents only
-    if self.rwml.get("metric", "cosine") == "psnr":                 # the judge's PSNR, mean over the frames
+    if self.rwml["metric"] == "psnr":                 # the judge's PSNR, mean over the frames
       sim = jnp.asarray(judge.psnr(np.asarray(frames[:, -chunk:]), real[None]).mean(-1), jnp.float32)
     else:
       sim = clip_similarities(self.encoder, frames[:, -chunk:], jnp.asarray(real))
