@@ -307,9 +307,14 @@ def test_synthetic_config_variants():
   assert RP.load_config(f"{path}:lowpass").world.lowpass == 2
   assert sum(n for n, _ in B.parse_restarts(low.base.restarts)) == low.base.steps      # the cycles cover the run
   assert RP.quick(RP.load_config(f"{path}:lowpass")).base.restarts == ""
-  # the committed base is the :lowpass recipe's, so the study loads it for that variant (not for the default)
-  meta = json.loads((REPO / "benchmarks" / "assets" / "synthetic_base_seed0" / "study.json").read_text())
-  assert meta["fingerprint"] == RP._jsonable(RP.fingerprint(low)) != RP._jsonable(RP.fingerprint(base))
+  # every committed base is the :lowpass recipe's, so the study loads it for that variant (not for the default)
+  assets = sorted((REPO / "benchmarks" / "assets").glob("synthetic_base_seed*"))
+  assert assets[0].name == "synthetic_base_seed0"
+  for asset in assets:
+    meta = json.loads((asset / "study.json").read_text())
+    assert meta["fingerprint"] == RP._jsonable(RP.fingerprint(low)) != RP._jsonable(RP.fingerprint(base)), asset.name
+    assert (asset / "model" / "wc_jax.json").exists() and (asset / "latent.json").exists(), asset.name
+    assert "13500 steps" in meta["train"] and meta["command"], asset.name      # how it was made, on record
   with pytest.raises(ValueError, match=r"unknown variant 'bogus'; choose from \('panel', 'lowpass'\)"):
     mod.get_config("bogus")
 
