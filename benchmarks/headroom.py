@@ -9,8 +9,10 @@ within-group correlation >= 0.5. Uses benchmarks/reproduce.py's cached stages (t
 model: the workdir's or the committed one; IDMs; held-out set):
 
     python benchmarks/headroom.py --workdir=/tmp/wc_repro [--candidates=12] [--trajectories=64] [--eval_seed=0]
-        [--per_reward]
+        [--base_seed=0] [--corrupt=p] [--per_reward]
 
+`--corrupt=p` measures setting (b)'s gate: the candidates come from the base further trained on
+corrupted labels and poses (`reproduce.stage_corrupted`, cached like the study's), where RL starts.
 `--per_reward` also scores the same G candidates (same noises) with each reward on its own and with
 similarities to the world's real continuation (RWML's reward, binarised or not, and PSNR), and prints
 each one's within-group correlation and best-of-G: which reward can see what the judge sees.
@@ -104,7 +106,11 @@ def main(argv=None):
   ap.add_argument("--eval_seed", type=int, default=0)
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--per_reward", action="store_true", help="also score the candidates with each reward on its own")
+  ap.add_argument("--corrupt", type=float, default=0.0,
+                  help="setting (b): the candidates of the base further trained with this fraction of corrupted chunks")
   args = ap.parse_args(argv)
+  if not 0.0 <= args.corrupt < 1.0:
+    raise SystemExit(f"headroom: --corrupt must be in [0, 1), got {args.corrupt}")
   cfg = RP.load_config(args.config)
   if args.quick:
     cfg = RP.quick(cfg)
@@ -116,6 +122,8 @@ def main(argv=None):
   wd.mkdir(parents=True, exist_ok=True)
   log = print
   base = RP.stage_base(cfg, wd, args.base_seed, log)
+  if args.corrupt:
+    base = RP.stage_corrupted(cfg, wd, base, args.base_seed, args.corrupt, log)
   idms = RP.stage_idms(cfg, wd, log)
   h = int(cfg.model.chunk_latents * cfg.rl.max_clip)
   n = int(args.trajectories or cfg.eval.trajectories)
@@ -123,7 +131,7 @@ def main(argv=None):
   bo = RP.stage_best_of(cfg, wd, base, args.base_seed, idms, clips, renders, args.eval_seed, log)
   hr = S.headroom(bo["score"], bo["exact"])
   g = cfg.study.best_of
-  print(f"\n| render-judge exact action accuracy (%), {n} held-out trajectories x {h} latents | |")
+  print(f"\n| render-judge exact action accuracy (%) of {base['name']}, {n} held-out trajectories x {h} latents | |")
   print("|---|---|")
   for k, label in (("mean", "mean candidate"), ("best_by_reward", f"best of {g} by reward"),
                    ("worst_by_reward", f"worst of {g} by reward"), ("oracle", f"best of {g} by the judge (oracle)")):
@@ -135,7 +143,8 @@ def main(argv=None):
     hr["per_reward"] = per_reward_scores(cfg, wd, base, idms, clips, renders, args.eval_seed, log)
     print("\n" + per_reward_table(hr["per_reward"]))
   print(f"command: python benchmarks/headroom.py --workdir={args.workdir} --candidates={g} --trajectories={n} "
-        f"--eval_seed={args.eval_seed}" + (" --quick" if args.quick else "") + (" --per_reward" if args.per_reward else ""))
+        f"--eval_seed={args.eval_seed} --base_seed={args.base_seed}" + (f" --corrupt={args.corrupt:g}" if args.corrupt else "")
+        + (" --quick" if args.quick else "") + (" --per_reward" if args.per_reward else ""))
   return hr
 
 

@@ -409,3 +409,32 @@ def test_cached_evaluations_and_runs_belong_to_their_model(tmp_path, monkeypatch
   with pytest.raises(SystemExit, match=r"rl_seed0 was trained from another base model"):
     RP.stage_rl(cfg, tmp_path, {"model": ckpt, "latent": None}, None, 0, 0, log=lambda m: None)
   assert (run / "done.json").exists()
+
+
+def test_headroom_corrupt_measures_the_corrupted_start(tmp_path, monkeypatch):
+  """headroom.py --corrupt=p takes its candidates from setting (b)'s start (the corrupted base of
+  that base seed), not the clean base; a p outside [0, 1) stops it before it makes its workdir."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import headroom as H
+  import reproduce as RP
+  seen = {}
+  clean = {"name": "base_seed1", "model": "clean"}
+  monkeypatch.setattr(RP, "stage_base", lambda cfg, wd, b, log: clean)
+  monkeypatch.setattr(RP, "stage_corrupted", lambda cfg, wd, base, b, p, log: seen.setdefault(
+      "corrupted", (base, b, p)) and {"name": f"{base['name']}_corrupt{p:g}", "model": "corrupted"})
+  monkeypatch.setattr(RP, "stage_idms", lambda cfg, wd, log: None)
+  monkeypatch.setattr(RP, "stage_eval_set", lambda *a: (None, None))
+  exact = np.array([[10.0, 50.0], [30.0, 20.0], [20.0, 80.0]])    # [G, N]
+  monkeypatch.setattr(RP, "stage_best_of", lambda cfg, wd, base, b, *a: seen.setdefault("best_of", (base, b))
+                      and {"score": exact, "exact": exact})
+  hr = H.main([f"--workdir={tmp_path / 'wd'}", "--base_seed=1", "--corrupt=0.5", "--trajectories=2"])
+  assert seen["corrupted"] == (clean, 1, 0.5)
+  assert seen["best_of"] == ({"name": "base_seed1_corrupt0.5", "model": "corrupted"}, 1)
+  assert hr["best_by_reward"] == hr["oracle"] == 55.0 and hr["mean"] == pytest.approx(35.0)
+  seen.clear()
+  H.main([f"--workdir={tmp_path / 'wd'}", "--base_seed=1", "--trajectories=2"])
+  assert "corrupted" not in seen and seen["best_of"] == (clean, 1)
+  for p in ("1", "-0.1"):
+    with pytest.raises(SystemExit, match=rf"headroom: --corrupt must be in \[0, 1\), got {p}"):
+      H.main([f"--workdir={tmp_path / 'other'}", f"--corrupt={p}"])
+  assert not (tmp_path / "other").exists()
