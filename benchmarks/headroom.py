@@ -109,8 +109,7 @@ def main(argv=None):
   ap.add_argument("--corrupt", type=float, default=0.0,
                   help="setting (b): the candidates of the base further trained with this fraction of corrupted chunks")
   args = ap.parse_args(argv)
-  if not 0.0 <= args.corrupt < 1.0:
-    raise SystemExit(f"headroom: --corrupt must be in [0, 1), got {args.corrupt}")
+  RP.check_corrupt(args.corrupt, "headroom")
   cfg = RP.load_config(args.config)
   if args.quick:
     cfg = RP.quick(cfg)

@@ -407,6 +407,12 @@ def stage_sft(cfg, wd: pathlib.Path, base: dict, b: int, seed: int, seconds: flo
 STAGES = ("rl", "shuffled", "sft", "sft_corrupt", "best_of")   # what --skip can leave out
 
 
+def check_corrupt(p: float, prog: str) -> None:
+  """--corrupt's range, checked before any stage runs (a base can take an hour to train)."""
+  if not 0.0 <= p < 1.0:
+    raise SystemExit(f"{prog}: --corrupt must be in [0, 1), got {p}")
+
+
 def sft_stages(skip: set, corrupt: float) -> list[tuple[str, float]]:
   """The SFT baselines to run, as (run kind, corruption): clean data, and in setting (b) the
   corrupted data too; "sft" in `skip` drops both, "sft_corrupt" only the second."""
@@ -569,6 +575,7 @@ def main(argv=None):
     if args.rl_seeds == "0,1,2":
       args.rl_seeds = "0"
   base_seeds, rl_seeds = _seeds(args.base_seeds), _seeds(args.rl_seeds)
+  check_corrupt(args.corrupt, "reproduce")
   skip = {s for s in args.skip.split(",") if s}
   if skip - set(STAGES):
     raise SystemExit(f"reproduce: --skip takes {', '.join(STAGES)}; got {sorted(skip)}")
@@ -591,8 +598,6 @@ def main(argv=None):
   h_rl = int(cfg.model.chunk_latents * cfg.rl.max_clip)
   horizons = [h_rl * int(k) for k in cfg.eval.horizons]
   clean = {b: stage_base(cfg, wd, b, log, args.from_scratch) for b in base_seeds}
-  if not 0.0 <= args.corrupt < 1.0:
-    raise SystemExit(f"reproduce: --corrupt must be in [0, 1), got {args.corrupt}")
   # the models RL and the baselines start from: the base, or in setting (b) its corrupted version
   bases = {b: stage_corrupted(cfg, wd, clean[b], b, args.corrupt, log) for b in base_seeds} if args.corrupt else clean
   idms = stage_idms(cfg, wd, log)
