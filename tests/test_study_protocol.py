@@ -358,6 +358,17 @@ def test_skip_picks_the_sft_baselines_and_rejects_unknown_stages(tmp_path):
   assert not wd.exists()
 
 
+def test_reproduce_rejects_a_bad_corrupt_before_any_stage(tmp_path):
+  """--corrupt outside [0, 1) stops the study before its workdir exists, so no base is loaded
+  or trained first (the check once ran after the bases, an hour in)."""
+  import reproduce as RP
+  for p in ("1", "-0.1"):
+    wd = tmp_path / f"wd{p}"
+    with pytest.raises(SystemExit, match=rf"reproduce: --corrupt must be in \[0, 1\), got {p}"):
+      RP.main([f"--workdir={wd}", f"--corrupt={p}"])
+    assert not wd.exists()
+
+
 def test_per_reward_table_ranks_rewards_by_what_the_judge_sees():
   """headroom.py --per_reward: a reward equal to the judge's accuracy picks the oracle with
   correlation 1; its negative picks the worst; a constant (binarised, all above threshold) reward
